@@ -1,0 +1,42 @@
+# One environment, made from the project's own files: .venv (python3 -m venv).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint format demo lab bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[app,notebooks,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check emanet app tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check emanet app tests benchmarks
+	$(BIN)/ruff format --check emanet app tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format emanet app tests benchmarks
+	$(BIN)/ruff check --fix emanet app tests benchmarks
+
+demo: $(STAMP)
+	$(BIN)/python -m app
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_ema.py
+	$(BIN)/python benchmarks/bench_model.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

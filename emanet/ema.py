@@ -1,0 +1,184 @@
+"""The Expectation-Maximization attention unit (EMANet, Li et al., ICCV 2019, arXiv 1907.13426).
+
+Pixel features ``X`` of shape ``(B, C, N)`` (``N = H * W``) are explained by ``K`` bases
+``mu`` of shape ``(B, C, K)``. A few EM iterations run on every image:
+
+* E-step: ``Z = softmax_K(X^T mu)``, the responsibilities ``(B, N, K)`` of each base for each
+  pixel (a soft assignment, like a Gaussian mixture with a kernel ``exp(x^T mu)``).
+* M-step: ``mu = X Z_bar`` with ``Z_bar`` = ``Z`` normalised to sum 1 over the pixels, i.e. each
+  base becomes the responsibility-weighted mean of the pixels, then L2-normalised over ``C``.
+
+The output is the low-rank reconstruction ``X_hat = mu Z^T``: every pixel is re-expressed as a
+mixture of K bases, which removes noise and carries global context at a cost linear in ``N``
+(non-local attention is quadratic). No gradient flows through the iterations; the bases that
+start the iterations are a buffer updated with a moving average of the final bases in training.
+
+This module follows mmsegmentation's ``EMAModule`` numerically; it is written with ``bmm`` on
+contiguous layouts instead of ``einsum`` because on CPU that is the fastest way to reach the
+matmul floor (see ``benchmarks/bench_ema.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["EMAttention", "EMTrace", "em_iterations"]
+
+
+@dataclass
+class EMTrace:
+    """Per-iteration record of an EM run on one batch.
+
+    Attributes:
+        responsibilities: one tensor ``(B, K, H, W)`` per iteration ``t = 1..T``: the E-step's
+            soft assignment of each pixel to each base (sums to 1 over ``K``).
+        bases: one tensor ``(B, C, K)`` per iteration: the M-step's unit-norm bases.
+        initial_bases: ``(B, C, K)`` the bases the iterations started from.
+    """
+
+    responsibilities: list[torch.Tensor] = field(default_factory=list)
+    bases: list[torch.Tensor] = field(default_factory=list)
+    initial_bases: torch.Tensor | None = None
+
+    @property
+    def num_iterations(self) -> int:
+        return len(self.responsibilities)
+
+
+def em_iterations(
+    feats_t: torch.Tensor,
+    bases: torch.Tensor,
+    num_iterations: int,
+    trace: EMTrace | None = None,
+    spatial_size: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``num_iterations`` E/M steps (no gradient is tracked by the caller's contract).
+
+    Args:
+        feats_t: ``(B, N, C)`` pixel features, contiguous (one row per pixel).
+        bases: ``(B, C, K)`` starting bases (unit norm over ``C``).
+        num_iterations: ``T >= 1``.
+        trace: if given, every iteration's responsibilities and bases are appended to it.
+        spatial_size: ``(H, W)`` with ``H * W == N``, used to shape the traced maps.
+
+    Returns:
+        ``(bases, responsibilities)``: the final bases ``(B, C, K)`` and the final E-step's
+        responsibilities ``(B, N, K)``.
+    """
+    if num_iterations < 1:
+        raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+    # Both products are plain bmm calls: ``feats_t`` is contiguous (B, N, C) and its transpose
+    # is a transposed-contiguous view that BLAS reads with a flag, without a copy.
+    feats = feats_t.transpose(1, 2)
+    resp = feats_t.new_empty(0)
+    for _ in range(num_iterations):
+        # E-step: (B, N, C) @ (B, C, K) -> (B, N, K), softmax over the bases.
+        resp = torch.softmax(torch.bmm(feats_t, bases), dim=2)
+        # M-step: (B, C, N) @ (B, N, K) -> (B, C, K). mmsegmentation first divides each column
+        # of ``resp`` by its sum over pixels; that per-base scale is undone by the L2
+        # normalisation right after, so we skip it (same result up to float rounding).
+        bases = F.normalize(torch.bmm(feats, resp), dim=1)
+        if trace is not None:
+            height, width = spatial_size
+            batch, _, k = bases.shape
+            trace.responsibilities.append(
+                resp.transpose(1, 2).reshape(batch, k, height, width).clone()
+            )
+            trace.bases.append(bases.clone())
+    return bases, resp
+
+
+class EMAttention(nn.Module):
+    """EM attention unit: ``(B, C, H, W) -> (B, C, H, W)`` low-rank reconstruction.
+
+    Args:
+        channels: ``C``, the feature channels.
+        num_bases: ``K``, number of bases (64 in the paper and mmsegmentation).
+        num_iterations: ``T``, EM iterations (3 in training; may be changed at test time, either
+            by setting the attribute or per call).
+        momentum: moving-average rate of the bases buffer in training (0.1).
+
+    Buffers:
+        bases: ``(1, C, K)``, initialised from ``N(0, sqrt(2 / K))`` and L2-normalised over ``C``.
+    """
+
+    def __init__(
+        self, channels: int, num_bases: int = 64, num_iterations: int = 3, momentum: float = 0.1
+    ) -> None:
+        super().__init__()
+        if channels < 1 or num_bases < 1 or num_iterations < 1:
+            raise ValueError("channels, num_bases and num_iterations must be positive")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        self.channels = channels
+        self.num_bases = num_bases
+        self.num_iterations = num_iterations
+        self.momentum = momentum
+        bases = torch.empty(1, channels, num_bases).normal_(0.0, math.sqrt(2.0 / num_bases))
+        self.register_buffer("bases", F.normalize(bases, dim=1))
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, num_bases={self.num_bases}, "
+            f"num_iterations={self.num_iterations}, momentum={self.momentum}"
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        num_iterations: int | None = None,
+        trace: EMTrace | None = None,
+    ) -> torch.Tensor:
+        """Reconstruct ``x`` from ``K`` bases found by EM.
+
+        Args:
+            x: ``(B, C, H, W)`` features.
+            num_iterations: overrides ``self.num_iterations`` for this call.
+            trace: an :class:`EMTrace` to fill with every iteration's responsibilities
+                ``(B, K, H, W)`` and bases ``(B, C, K)``; ``None`` (default) records nothing.
+
+        Returns:
+            ``(B, C, H, W)`` reconstruction ``mu Z^T``. It carries no gradient: the unit is a
+            fixed-point solver, as in the paper.
+        """
+        batch, channels, height, width = x.shape
+        if channels != self.channels:
+            raise ValueError(f"expected {self.channels} channels, got {channels}")
+        steps = self.num_iterations if num_iterations is None else int(num_iterations)
+        with torch.no_grad():
+            # (B, N, C): free for channels_last input, one copy for NCHW.
+            feats_t = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+            # The buffer is float32; under autocast the features may be bf16/fp16.
+            bases = self.bases.to(feats_t.dtype).expand(batch, -1, -1)
+            if trace is not None:
+                trace.initial_bases = bases.clone()
+            bases, resp = em_iterations(feats_t, bases, steps, trace, (height, width))
+            if self.training:
+                self._update_bases(bases)
+            if x.is_contiguous(memory_format=torch.channels_last):
+                # (B, N, K) @ (B, K, C) -> (B, N, C), returned as a channels_last view.
+                recon = torch.bmm(resp, bases.transpose(1, 2))
+                return recon.view(batch, height, width, channels).permute(0, 3, 1, 2)
+            # (B, C, K) @ (B, K, N) -> (B, C, N)
+            recon = torch.bmm(bases, resp.transpose(1, 2))
+            return recon.view(batch, channels, height, width)
+
+    def _update_bases(self, bases: torch.Tensor) -> None:
+        """Moving average of the bases buffer, identical on every process.
+
+        ``bases``: ``(B, C, K)`` final bases of this batch.
+        """
+        new = bases.float().mean(dim=0, keepdim=True)
+        if dist.is_available() and dist.is_initialized():
+            # Average across processes so that every rank keeps the same buffer (DDP does not
+            # synchronise buffers that change outside of forward's autograd graph by itself).
+            dist.all_reduce(new, op=dist.ReduceOp.SUM)
+            new = new / dist.get_world_size()
+        new = F.normalize(new, dim=1)
+        self.bases.mul_(1.0 - self.momentum).add_(new, alpha=self.momentum)

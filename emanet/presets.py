@@ -1,0 +1,131 @@
+"""Named model configurations: the four rows of mmsegmentation's EMANet Cityscapes model card,
+and a small CPU-friendly one for the bundled model and the tutorials.
+
+A preset is plain data; :func:`emanet.build_model` turns it into a module. The names are
+mmsegmentation's config names, so ``build_model("emanet_r50-d8_512x1024_80k_cityscapes")``
+and that config describe the same network, data scale and test mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+__all__ = ["ModelPreset", "PRESETS", "get_preset", "SMALL_PRESET"]
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Everything that distinguishes one EMANet configuration from another.
+
+    Attributes:
+        name: mmsegmentation config name (or ours for the small preset).
+        depth: ResNetV1c depth.
+        stem_channels: backbone stem width (64 for every ResNet here).
+        head_channels: decode/auxiliary head width (``channels`` in mmseg, 256).
+        ema_channels: channels of the EM unit (512).
+        num_bases: ``K``.
+        num_iterations: ``T`` (EM stages).
+        momentum: bases moving-average rate.
+        num_classes: 19 Cityscapes train classes.
+        crop_size: training crop ``(h, w)``; also the slide window.
+        train_scale: ``(long, short)`` scale of the random resize in training, mmseg's
+            ``(2048, 1024)`` (``(2049, 1025)`` for the 769 configs).
+        test_scale: ``(long, short)`` scale the test pipeline resizes to, keeping aspect ratio.
+        test_mode: ``"whole"`` or ``"slide"``.
+        slide_stride: ``(h, w)`` stride of the slide windows.
+        align_corners: bilinear resizing of logits, as in the config.
+        aux_weight: auxiliary FCN loss weight (0.4).
+        dropout: Dropout2d before the classifiers (0.1).
+        url: official checkpoint, if any.
+    """
+
+    name: str
+    depth: int
+    crop_size: tuple[int, int]
+    train_scale: tuple[int, int]
+    test_scale: tuple[int, int]
+    test_mode: str
+    align_corners: bool
+    slide_stride: tuple[int, int] = (513, 513)
+    stem_channels: int = 64
+    head_channels: int = 256
+    ema_channels: int = 512
+    num_bases: int = 64
+    num_iterations: int = 3
+    momentum: float = 0.1
+    num_classes: int = 19
+    aux_weight: float = 0.4
+    dropout: float = 0.1
+    url: str | None = None
+
+    def with_overrides(self, **changes) -> ModelPreset:
+        return replace(self, **changes)
+
+
+_ZOO = "https://download.openmmlab.com/mmsegmentation/v0.5/emanet"
+
+
+def _official(depth: int, crop: int, checkpoint: str) -> ModelPreset:
+    if crop == 512:
+        name = f"emanet_r{depth}-d8_512x1024_80k_cityscapes"
+        kwargs = dict(
+            crop_size=(512, 1024),
+            train_scale=(2048, 1024),
+            test_scale=(2048, 1024),
+            test_mode="whole",
+            align_corners=False,
+        )
+    else:
+        name = f"emanet_r{depth}-d8_769x769_80k_cityscapes"
+        kwargs = dict(
+            crop_size=(769, 769),
+            train_scale=(2049, 1025),
+            test_scale=(2049, 1025),
+            test_mode="slide",
+            slide_stride=(513, 513),
+            align_corners=True,
+        )
+    return ModelPreset(name=name, depth=depth, url=f"{_ZOO}/{name}/{checkpoint}", **kwargs)
+
+
+SMALL_PRESET = ModelPreset(
+    name="emanet_r18-d8_toycity",
+    depth=18,
+    head_channels=64,
+    ema_channels=128,
+    crop_size=(256, 256),
+    train_scale=(512, 256),
+    # The toy city is 256x512: the model sees every image at that scale (like the official
+    # presets see 2048x1024), which keeps a 1024x512 photo well under a second on 2 CPU cores.
+    test_scale=(512, 256),
+    test_mode="whole",
+    align_corners=False,
+)
+
+PRESETS: dict[str, ModelPreset] = {
+    p.name: p
+    for p in (
+        _official(
+            50, 512, "emanet_r50-d8_512x1024_80k_cityscapes_20200901_100301-c43fcef1.pth"
+        ),
+        _official(
+            101, 512, "emanet_r101-d8_512x1024_80k_cityscapes_20200901_100301-2d970745.pth"
+        ),
+        _official(50, 769, "emanet_r50-d8_769x769_80k_cityscapes_20200901_100301-16f8de52.pth"),
+        _official(
+            101, 769, "emanet_r101-d8_769x769_80k_cityscapes_20200901_100301-47a324ce.pth"
+        ),
+        SMALL_PRESET,
+    )
+}
+
+
+def get_preset(name: str | ModelPreset) -> ModelPreset:
+    """Return the preset called ``name`` (a :class:`ModelPreset` is returned as is)."""
+    if isinstance(name, ModelPreset):
+        return name
+    try:
+        return PRESETS[name]
+    except KeyError:
+        known = ", ".join(PRESETS)
+        raise KeyError(f"unknown preset {name!r}; known presets: {known}") from None
