@@ -52,16 +52,17 @@ class EMTrace:
 
 
 def em_iterations(
-    feats_t: torch.Tensor,
+    feats: torch.Tensor,
     bases: torch.Tensor,
     num_iterations: int,
     trace: EMTrace | None = None,
     spatial_size: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``num_iterations`` E/M steps (no gradient is tracked by the caller's contract).
+    """Run ``num_iterations`` E/M steps (the caller decides about gradients).
 
     Args:
-        feats_t: ``(B, N, C)`` pixel features, contiguous (one row per pixel).
+        feats: ``(B, C, N)`` pixel features; either contiguous or the transpose of a contiguous
+            ``(B, N, C)`` (channels_last input): BLAS reads both layouts without a copy.
         bases: ``(B, C, K)`` starting bases (unit norm over ``C``).
         num_iterations: ``T >= 1``.
         trace: if given, every iteration's responsibilities and bases are appended to it.
@@ -73,22 +74,23 @@ def em_iterations(
     """
     if num_iterations < 1:
         raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
-    # Both products are plain bmm calls: ``feats_t`` is contiguous (B, N, C) and its transpose
-    # is a transposed-contiguous view that BLAS reads with a flag, without a copy.
-    feats = feats_t.transpose(1, 2)
-    resp = feats_t.new_empty(0)
+    feats_t = feats.transpose(1, 2)
+    batch, channels, num_pixels = feats.shape
+    # One buffer for every E-step, softmax in place: large fresh allocations cost page faults
+    # on CPU that are a visible share of this unit's time.
+    resp = feats.new_empty(batch, num_pixels, bases.shape[2])
     for _ in range(num_iterations):
         # E-step: (B, N, C) @ (B, C, K) -> (B, N, K), softmax over the bases.
-        resp = torch.softmax(torch.bmm(feats_t, bases), dim=2)
+        torch.bmm(feats_t, bases, out=resp)
+        torch.softmax(resp, dim=2, out=resp)
         # M-step: (B, C, N) @ (B, N, K) -> (B, C, K). mmsegmentation first divides each column
         # of ``resp`` by its sum over pixels; that per-base scale is undone by the L2
         # normalisation right after, so we skip it (same result up to float rounding).
         bases = F.normalize(torch.bmm(feats, resp), dim=1)
         if trace is not None:
             height, width = spatial_size
-            batch, _, k = bases.shape
             trace.responsibilities.append(
-                resp.transpose(1, 2).reshape(batch, k, height, width).clone()
+                resp.transpose(1, 2).reshape(batch, -1, height, width).clone()
             )
             trace.bases.append(bases.clone())
     return bases, resp
@@ -151,17 +153,21 @@ class EMAttention(nn.Module):
         if channels != self.channels:
             raise ValueError(f"expected {self.channels} channels, got {channels}")
         steps = self.num_iterations if num_iterations is None else int(num_iterations)
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4
         with torch.no_grad():
-            # (B, N, C): free for channels_last input, one copy for NCHW.
-            feats_t = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+            if channels_last:
+                feats = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+                feats = feats.transpose(1, 2)
+            else:
+                feats = x.reshape(batch, channels, height * width)
             # The buffer is float32; under autocast the features may be bf16/fp16.
-            bases = self.bases.to(feats_t.dtype).expand(batch, -1, -1)
+            bases = self.bases.to(feats.dtype).expand(batch, -1, -1)
             if trace is not None:
                 trace.initial_bases = bases.clone()
-            bases, resp = em_iterations(feats_t, bases, steps, trace, (height, width))
+            bases, resp = em_iterations(feats, bases, steps, trace, (height, width))
             if self.training:
                 self._update_bases(bases)
-            if x.is_contiguous(memory_format=torch.channels_last):
+            if channels_last:
                 # (B, N, K) @ (B, K, C) -> (B, N, C), returned as a channels_last view.
                 recon = torch.bmm(resp, bases.transpose(1, 2))
                 return recon.view(batch, height, width, channels).permute(0, 3, 1, 2)

@@ -105,16 +105,10 @@ SMALL_PRESET = ModelPreset(
 PRESETS: dict[str, ModelPreset] = {
     p.name: p
     for p in (
-        _official(
-            50, 512, "emanet_r50-d8_512x1024_80k_cityscapes_20200901_100301-c43fcef1.pth"
-        ),
-        _official(
-            101, 512, "emanet_r101-d8_512x1024_80k_cityscapes_20200901_100301-2d970745.pth"
-        ),
+        _official(50, 512, "emanet_r50-d8_512x1024_80k_cityscapes_20200901_100301-c43fcef1.pth"),
+        _official(101, 512, "emanet_r101-d8_512x1024_80k_cityscapes_20200901_100301-2d970745.pth"),
         _official(50, 769, "emanet_r50-d8_769x769_80k_cityscapes_20200901_100301-16f8de52.pth"),
-        _official(
-            101, 769, "emanet_r101-d8_769x769_80k_cityscapes_20200901_100301-47a324ce.pth"
-        ),
+        _official(101, 769, "emanet_r101-d8_769x769_80k_cityscapes_20200901_100301-47a324ce.pth"),
         SMALL_PRESET,
     )
 }

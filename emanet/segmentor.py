@@ -117,9 +117,7 @@ class EMANet(nn.Module):
         logits = self.decode_head(feats[3], num_iterations=num_iterations, trace=trace)
         return self._resize(logits, images.shape[-2:])
 
-    def forward_train(
-        self, images: torch.Tensor, labels: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
+    def forward_train(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Losses for a batch: ``images (B, 3, H, W)``, ``labels (B, H, W)`` int64 trainIds.
 
         Returns ``{"loss_decode", "loss_aux", "loss"}`` with ``loss = decode + aux_weight * aux``
@@ -193,7 +191,10 @@ class EMANet(nn.Module):
         height, width = images.shape[-2:]
         probs = None
         for ratio in ratios:
-            size = (max(1, math.floor(height * ratio + 0.5)), max(1, math.floor(width * ratio + 0.5)))
+            size = (
+                max(1, math.floor(height * ratio + 0.5)),
+                max(1, math.floor(width * ratio + 0.5)),
+            )
             scaled = images
             if size != (height, width):
                 scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)

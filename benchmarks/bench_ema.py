@@ -1,0 +1,107 @@
+"""EM attention unit speed against this machine's matmul floor and a plain einsum version.
+
+The unit is (2T + 1) matrix products of 2*B*N*C*K flops each. We time each product shape alone
+(the floor), the unit, and mmsegmentation's einsum formulation of the same maths, all in one run,
+and print ratios:
+
+    floor ratio  = floor time / unit time     (target >= 0.90)
+    einsum ratio = einsum time / unit time    (target >= 1.00)
+
+Usage: python benchmarks/bench_ema.py [--device cuda] [--batch 2 --channels 512 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from emanet import EMAttention, EMTrace
+
+
+def einsum_em(x, bases, steps):
+    b, c, h, w = x.shape
+    feats = x.view(b, c, h * w)
+    mu = bases.repeat(b, 1, 1)
+    with torch.no_grad():
+        for _ in range(steps):
+            z = F.softmax(torch.einsum("bcn,bck->bnk", feats, mu), dim=2)
+            z_normed = F.normalize(z, dim=1, p=1)
+            mu = F.normalize(torch.einsum("bcn,bnk->bck", feats, z_normed), dim=1, p=2)
+    return torch.einsum("bck,bnk->bcn", mu, z).view(b, c, h, w)
+
+
+def timeit(fn, device, repeat, warmup=3):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--channels", type=int, default=512)
+    parser.add_argument("--height", type=int, default=64)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--bases", type=int, default=64)
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    b, c, k, t = args.batch, args.channels, args.bases, args.iterations
+    n = args.height * args.width
+    torch.manual_seed(0)
+    x = torch.randn(b, c, args.height, args.width, device=device)
+    unit = EMAttention(c, num_bases=k, num_iterations=t).to(device).eval()
+
+    # The three product shapes of the unit, each timed alone in both operand layouts (contiguous
+    # or transposed view), its output allocated as the unit must; the faster layout counts.
+    xc = torch.randn(b, c, n, device=device)
+    xt = xc.transpose(1, 2).contiguous()
+    mu = torch.randn(b, c, k, device=device)
+    z = torch.randn(b, n, k, device=device)
+    zt = z.transpose(1, 2).contiguous()
+
+    def best(*fns):
+        return min(timeit(fn, device, args.repeat) for fn in fns)
+
+    t_e = best(lambda: torch.bmm(xt, mu), lambda: torch.bmm(xc.transpose(1, 2), mu))
+    t_m = best(lambda: torch.bmm(xc, z), lambda: torch.bmm(xt.transpose(1, 2), z))
+    t_r = best(lambda: torch.bmm(mu, zt), lambda: torch.bmm(mu, z.transpose(1, 2)))
+    flops_one = 2 * b * n * c * k
+    floor = t * (t_e + t_m) + t_r
+    best_rate = flops_one / min(t_e, t_m, t_r)
+
+    with torch.inference_mode():
+        t_unit = timeit(lambda: unit(x), device, args.repeat)
+        t_trace = timeit(lambda: unit(x, trace=EMTrace()), device, args.repeat)
+        t_einsum = timeit(lambda: einsum_em(x, unit.bases, t), device, args.repeat)
+        same = torch.allclose(unit(x), einsum_em(x, unit.bases, t), rtol=1e-4, atol=1e-5)
+
+    total = (2 * t + 1) * flops_one
+    print(f"device {device}, threads {torch.get_num_threads()}, B={b} C={c} N={n} K={k} T={t}")
+    print(f"unit flops            {total / 1e9:.2f} GFLOP")
+    print(f"matmul rate (best)    {best_rate / 1e9:.1f} GFLOP/s")
+    print(f"matmul floor          {floor * 1e3:.2f} ms")
+    print(f"unit                  {t_unit * 1e3:.2f} ms  ({total / t_unit / 1e9:.1f} GFLOP/s)")
+    print(f"unit with trace       {t_trace * 1e3:.2f} ms")
+    print(f"einsum reference      {t_einsum * 1e3:.2f} ms")
+    print(f"same results          {same}")
+    print(f"floor ratio  (floor/unit)   {floor / t_unit:.3f}  (target >= 0.90)")
+    print(f"einsum ratio (einsum/unit)  {t_einsum / t_unit:.3f}  (target >= 1.00)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+import pytest
+import torch
+
+from emanet import EMTrace, build_model
+from emanet.fusion import optimize_for_inference
+from emanet.presets import PRESETS
+from emanet.segmentor import slide_windows
+from tests import mmseg_reference as ref
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
+
+
+def read_keys(name):
+    out = {}
+    for line in (FIXTURES / name).read_text().splitlines():
+        key, shape = line.split(" ", 1)
+        out[key] = tuple(int(v) for v in shape.strip("()").split(",") if v.strip())
+    return out
+
+
+def randomise_bn(model, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=gen) * 0.2 - 0.1)
+    return model
+
+
+@pytest.mark.parametrize("depth", [50, 101])
+def test_state_dict_matches_mmseg_key_layout(depth):
+    expected = read_keys(f"mmseg_emanet_r{depth}-d8_state_dict_keys.txt")
+    model = build_model(f"emanet_r{depth}-d8_512x1024_80k_cityscapes")
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert got == expected
+    # the frozen 1x1 conv of the head, as in mmseg
+    assert not model.decode_head.ema_mid_conv.conv.weight.requires_grad
+
+
+def test_output_stride_8_and_stage_channels():
+    model = build_model("emanet_r50-d8_512x1024_80k_cityscapes").eval()
+    with torch.no_grad():
+        outs = model.backbone(torch.randn(1, 3, 64, 96))
+    assert [o.shape[1] for o in outs] == [256, 512, 1024, 2048]
+    assert [tuple(o.shape[2:]) for o in outs] == [(16, 24), (8, 12), (8, 12), (8, 12)]
+    layer4 = model.backbone.layer4
+    assert layer4[0].conv2.dilation == (2, 2) and layer4[1].conv2.dilation == (4, 4)
+    assert model.backbone.layer3[0].conv2.dilation == (1, 1)
+    assert model.backbone.layer3[1].conv2.dilation == (2, 2)
+
+
+@pytest.mark.parametrize(
+    "preset", ["emanet_r18-d8_toycity", "emanet_r50-d8_512x1024_80k_cityscapes"]
+)
+def test_logits_equal_independent_mmseg_reference(preset):
+    torch.manual_seed(0)
+    model = randomise_bn(build_model(preset)).double().eval()
+    sd = {k: v for k, v in model.state_dict().items()}
+    img = torch.randn(1, 3, 48, 80, dtype=torch.float64)
+    with torch.no_grad():
+        ours = model.inference(img)
+        theirs = ref.encode_decode(sd, img, model.align_corners)
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
+
+
+def test_slide_inference_equals_reference():
+    small = PRESETS["emanet_r18-d8_toycity"].with_overrides(
+        crop_size=(40, 48), slide_stride=(24, 32), align_corners=True, test_mode="slide"
+    )
+    model = randomise_bn(build_model(small)).double().eval()
+    img = torch.randn(1, 3, 70, 100, dtype=torch.float64)
+    with torch.no_grad():
+        ours = model.inference(img)
+        theirs = ref.slide(model.state_dict(), img, (40, 48), (24, 32), 19, True)
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
+
+
+def test_slide_windows_cover_and_stay_inside():
+    wins = slide_windows(1024, 2048, (769, 769), (513, 513))
+    assert len(wins) == 2 * 4
+    cover = torch.zeros(1024, 2048)
+    for y1, y2, x1, x2 in wins:
+        assert 0 <= y1 < y2 <= 1024 and 0 <= x1 < x2 <= 2048
+        assert (y2 - y1, x2 - x1) == (769, 769)
+        cover[y1:y2, x1:x2] += 1
+    assert cover.min() >= 1
+    assert slide_windows(100, 100, (769, 769), (513, 513)) == [(0, 100, 0, 100)]
+
+
+def test_aug_test_returns_log_probabilities_and_flip_equivariance():
+    model = randomise_bn(build_model("emanet_r18-d8_toycity")).eval()
+    img = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = model.inference(img, aug_test=True, ratios=(0.75, 1.0))
+        torch.testing.assert_close(out.exp().sum(1), torch.ones(1, 64, 64))
+        flipped = model.inference(img.flip(-1), aug_test=True, ratios=(0.75, 1.0))
+    # with flip averaging, the prediction of a mirrored image is the mirrored prediction
+    torch.testing.assert_close(flipped.flip(-1), out, rtol=1e-4, atol=1e-5)
+
+
+def test_trace_through_model_and_override():
+    model = build_model("emanet_r18-d8_toycity").eval()
+    img = torch.randn(1, 3, 64, 96)
+    trace = EMTrace()
+    with torch.no_grad():
+        out = model.inference(img, num_iterations=5, trace=trace)
+        plain = model.inference(img, num_iterations=5)
+    assert trace.num_iterations == 5
+    assert trace.responsibilities[0].shape == (1, 64, 8, 12)
+    assert trace.bases[0].shape == (1, 128, 64)
+    torch.testing.assert_close(out, plain)
+    with pytest.raises(ValueError):
+        model.inference(img, trace=EMTrace(), aug_test=True)
+
+
+def test_forward_train_losses_and_grad_flow():
+    model = build_model("emanet_r18-d8_toycity").train()
+    img = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, 19, (2, 64, 64))
+    labels[:, :8] = 255
+    losses = model.forward_train(img, labels)
+    torch.testing.assert_close(losses["loss"], losses["loss_decode"] + 0.4 * losses["loss_aux"])
+    losses["loss"].backward()
+    assert model.decode_head.ema_in_conv.conv.weight.grad is not None
+    assert model.decode_head.ema_mid_conv.conv.weight.grad is None
+    assert model.auxiliary_head.conv_seg.weight.grad is not None
+
+
+def test_optimized_copy_same_labels():
+    model = randomise_bn(build_model("emanet_r18-d8_toycity")).eval()
+    fast = optimize_for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    img = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        a = model.inference(img)
+        b = fast.inference(img.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+    assert (a.argmax(1) == b.argmax(1)).float().mean() > 0.999
+    # the original keeps its BatchNorms and mmseg key layout
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
