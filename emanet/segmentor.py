@@ -139,7 +139,10 @@ class EMANet(nn.Module):
     def slide_inference(
         self, images: torch.Tensor, num_iterations: int | None = None
     ) -> torch.Tensor:
-        """Logits averaged over the preset's overlapping windows: ``(B, 3, H, W) -> (B, K, H, W)``."""
+        """Logits averaged over the preset's overlapping windows (slide mode).
+
+        ``(B, 3, H, W) -> (B, classes, H, W)``
+        """
         batch, _, height, width = images.shape
         logits = images.new_zeros(batch, self.num_classes, height, width)
         counts = images.new_zeros(1, 1, height, width)
