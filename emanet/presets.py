@@ -93,7 +93,8 @@ SMALL_PRESET = ModelPreset(
     depth=18,
     head_channels=64,
     ema_channels=128,
-    crop_size=(256, 256),
+    # Trained on 128x256 crops of the 256x512 toy city: a batch of 8 takes ~1.5 s on 2 cores.
+    crop_size=(128, 256),
     train_scale=(512, 256),
     # The toy city is 256x512: the model sees every image at that scale (like the official
     # presets see 2048x1024), which keeps a 1024x512 photo well under a second on 2 CPU cores.

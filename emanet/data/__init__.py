@@ -1,0 +1,29 @@
+"""Cityscapes data: label table, dataset over the official layout, pipelines, a synthetic city."""
+
+from .cityscapes import (
+    CLASSES,
+    IGNORE_INDEX,
+    INSTANCE_CLASSES,
+    LABELS,
+    PALETTE,
+    CityscapesDataset,
+    DatasetReport,
+    Label,
+    check_dataset,
+    label_ids_to_train_ids,
+    train_ids_to_label_ids,
+)
+
+__all__ = [
+    "CLASSES",
+    "IGNORE_INDEX",
+    "INSTANCE_CLASSES",
+    "LABELS",
+    "PALETTE",
+    "CityscapesDataset",
+    "DatasetReport",
+    "Label",
+    "check_dataset",
+    "label_ids_to_train_ids",
+    "train_ids_to_label_ids",
+]

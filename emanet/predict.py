@@ -1,0 +1,241 @@
+"""``Segmenter``: any image in, Cityscapes trainId labels (and the EM trace) out.
+
+The test pipeline is mmsegmentation's: the upright RGB image is resized, keeping its aspect
+ratio, to fit the preset's test scale (2048x1024 for the official models), normalised with
+the ImageNet mean/std on 0-255 values, segmented in the preset's whole or slide mode, and the
+logits are resized back to the image's own size before the argmax.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .checkpoint import MODEL_ZOO, CheckpointError, load_checkpoint, read_checkpoint
+from .data.cityscapes import CLASSES, PALETTE
+from .data.transforms import keep_ratio_size, normalize
+from .ema import EMTrace
+from .fusion import optimize_for_inference
+from .imageio import load_image
+from .presets import PRESETS, SMALL_PRESET, ModelPreset, get_preset
+from .segmentor import EMANet, build_model
+
+__all__ = [
+    "Prediction",
+    "Segmenter",
+    "BUNDLED_CHECKPOINT",
+]
+
+log = logging.getLogger(__name__)
+
+BUNDLED_CHECKPOINT = Path(__file__).parent / "weights" / f"{SMALL_PRESET.name}.pth"
+
+
+@dataclass
+class Prediction:
+    """The result of :class:`Segmenter` on one image.
+
+    Attributes:
+        image: the upright RGB image that was segmented (PIL).
+        labels: ``(H, W)`` uint8 trainIds at the image's size.
+        probabilities: ``(classes, H, W)`` float32 softmax scores, if requested.
+        trace: the EM trace (responsibilities ``(1, K, h, w)`` at the feature resolution and
+            bases ``(1, C, K)`` per iteration), if requested.
+        input_size: ``(h, w)`` the model's input after the test resize.
+    """
+
+    image: Image.Image
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    input_size: tuple[int, int]
+    probabilities: np.ndarray | None = None
+    trace: EMTrace | None = None
+
+    def color_mask(self) -> np.ndarray:
+        """``(H, W, 3)`` uint8 colour image of the labels (ignore/unknown -> black)."""
+        lut = np.zeros((256, 3), dtype=np.uint8)
+        lut[: len(self.palette)] = np.asarray(self.palette, dtype=np.uint8)
+        return lut[self.labels]
+
+    def overlay(self, opacity: float = 0.5) -> np.ndarray:
+        """``(H, W, 3)`` uint8 blend of the image and the colour mask."""
+        image = np.asarray(self.image, dtype=np.float32)
+        blend = (1.0 - opacity) * image + opacity * self.color_mask().astype(np.float32)
+        return np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+
+    def class_areas(self) -> dict[str, float]:
+        """Share of the image (0-1) per class present, largest first."""
+        counts = np.bincount(self.labels.ravel(), minlength=256)[: len(self.classes)]
+        total = self.labels.size
+        areas = {self.classes[i]: counts[i] / total for i in np.argsort(-counts) if counts[i]}
+        return areas
+
+
+class Segmenter:
+    """Callable wrapper of an :class:`EMANet` for images of any kind.
+
+    Args:
+        model: the network (its weights loaded).
+        classes, palette: class names and colours in trainId order.
+        device: where to run (default: CUDA if available, else CPU).
+        fast: run an eval copy with BatchNorm folded and channels_last (same labels).
+    """
+
+    def __init__(
+        self,
+        model: EMANet,
+        classes=CLASSES,
+        palette=PALETTE,
+        device: str | torch.device | None = None,
+        fast: bool = True,
+    ) -> None:
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.preset: ModelPreset = model.preset
+        self.classes = tuple(classes)
+        self.palette = tuple(tuple(int(v) for v in c) for c in palette)
+        self.fast = fast
+        self._net = optimize_for_inference(self.model) if fast else self.model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str] | None = None,
+        preset: str | ModelPreset | None = None,
+        device: str | torch.device | None = None,
+        fast: bool = True,
+        progress: bool = True,
+    ) -> Segmenter:
+        """Load a model by zoo name, URL, our checkpoint or an mmsegmentation checkpoint.
+
+        ``None`` loads the bundled small model (offline). A zoo name (an mmsegmentation config
+        name, see :data:`emanet.PRESETS`) downloads the official weights once into torch.hub's
+        cache. For files, our format names its preset; for mmsegmentation files give
+        ``preset`` (otherwise it is inferred from the depth, with the 512x1024 test settings).
+        """
+        if name_or_path is None:
+            if not BUNDLED_CHECKPOINT.is_file():
+                raise CheckpointError(
+                    f"the bundled model {BUNDLED_CHECKPOINT} is missing from this installation"
+                )
+            name_or_path = BUNDLED_CHECKPOINT
+        name = str(name_or_path)
+        if name in MODEL_ZOO and preset is None:
+            preset = name
+        if preset is not None:
+            model = build_model(get_preset(preset))
+            meta = load_checkpoint(model, name_or_path, progress=progress)
+            return cls(model, *_classes_palette(meta), device=device, fast=fast)
+        from .checkpoint import resolve_checkpoint
+
+        path = resolve_checkpoint(name_or_path, progress=progress)
+        checkpoint = read_checkpoint(path)
+        preset_name = checkpoint.get("preset") or _infer_preset(checkpoint["state_dict"], path)
+        model = build_model(get_preset(preset_name))
+        meta = load_checkpoint(model, path, progress=progress)
+        classes, palette = _classes_palette({**checkpoint.get("meta", {}), **meta})
+        return cls(model, classes, palette, device=device, fast=fast)
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """Upright RGB PIL image -> ``(1, 3, h, w)`` normalised tensor at the test scale."""
+        array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+        x = array.permute(2, 0, 1).unsqueeze(0).to(self.device, torch.float32)
+        height, width = keep_ratio_size(*x.shape[-2:], self.preset.test_scale)
+        size = (max(1, height), max(1, width))
+        if size != tuple(x.shape[-2:]):
+            # antialias=False: mmseg resizes with OpenCV's INTER_LINEAR (no low-pass filter).
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        x = normalize(x)
+        if self.fast:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        image,
+        trace: bool = False,
+        num_iterations: int | None = None,
+        aug_test: bool = False,
+        mode: str | None = None,
+        return_probabilities: bool = False,
+        max_size: int | None = None,
+    ) -> Prediction:
+        """Segment one image (path, bytes, PIL image or array of any mode).
+
+        Args:
+            trace: record every EM iteration's responsibilities and bases.
+            num_iterations: EM iterations at test time (default: the trained number).
+            aug_test: multi-scale + flip test (the model card's ms+flip).
+            mode: ``"whole"`` or ``"slide"`` (default: the preset's).
+            max_size: shrink the image first so that its longer side is at most this.
+        """
+        picture = load_image(image)
+        if max_size is not None and max(picture.size) > max_size:
+            factor = max_size / max(picture.size)
+            new = (max(1, round(picture.width * factor)), max(1, round(picture.height * factor)))
+            picture = picture.resize(new, Image.BILINEAR)
+        x = self.preprocess(picture)
+        em_trace = EMTrace() if trace else None
+        logits = self._net.inference(
+            x, mode=mode, num_iterations=num_iterations, trace=em_trace, aug_test=aug_test
+        )
+        size = (picture.height, picture.width)
+        logits = F.interpolate(
+            logits.float(), size=size, mode="bilinear", align_corners=self.preset.align_corners
+        )
+        labels = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+        probabilities = None
+        if return_probabilities:
+            probabilities = logits.softmax(dim=1)[0].cpu().numpy()
+        if em_trace is not None:
+            em_trace = _trace_to_cpu(em_trace)
+        return Prediction(
+            image=picture,
+            labels=labels,
+            classes=self.classes,
+            palette=self.palette,
+            input_size=tuple(x.shape[-2:]),
+            probabilities=probabilities,
+            trace=em_trace,
+        )
+
+
+def _trace_to_cpu(trace: EMTrace) -> EMTrace:
+    return EMTrace(
+        responsibilities=[r.float().cpu() for r in trace.responsibilities],
+        bases=[b.float().cpu() for b in trace.bases],
+        initial_bases=None if trace.initial_bases is None else trace.initial_bases.float().cpu(),
+    )
+
+
+def _classes_palette(meta: dict) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    classes = meta.get("classes") or meta.get("CLASSES") or CLASSES
+    palette = meta.get("palette") or meta.get("PALETTE") or PALETTE
+    if len(classes) != len(palette):
+        classes, palette = CLASSES, PALETTE
+    return tuple(classes), tuple(tuple(int(v) for v in c) for c in palette)
+
+
+def _infer_preset(state_dict: dict, path: Path) -> str:
+    """The 512x1024 preset of the depth an mmsegmentation state dict was trained with."""
+    stage3 = {k.split(".")[2] for k in state_dict if k.startswith("backbone.layer3.")}
+    depth = {6: 50, 23: 101}.get(len(stage3))
+    name = f"emanet_r{depth}-d8_512x1024_80k_cityscapes"
+    if name not in PRESETS:
+        raise CheckpointError(
+            f"{path}: cannot tell which preset this checkpoint needs; pass preset=... "
+            f"(one of {', '.join(PRESETS)})"
+        )
+    log.info("%s: no preset recorded, using %s", path, name)
+    return name

@@ -1,0 +1,115 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from emanet import build_model
+from emanet.checkpoint import save_checkpoint
+from emanet.data.cityscapes import CLASSES, PALETTE
+from emanet.imageio import ImageLoadError
+from emanet.predict import Segmenter
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    torch.manual_seed(0)
+    return Segmenter(build_model("emanet_r18-d8_toycity"), device="cpu")
+
+
+def photo(height=60, width=90, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_labels_at_image_size_and_trace(segmenter):
+    result = segmenter(photo(), trace=True, num_iterations=4)
+    assert result.labels.shape == (60, 90) and result.labels.dtype == np.uint8
+    assert result.labels.max() < 19
+    assert result.trace.num_iterations == 4
+    # test scale (512, 256): a 60x90 image is scaled by min(512/90, 256/60) to 256x384
+    assert result.input_size == (256, 384)
+    h, w = result.trace.responsibilities[0].shape[-2:]
+    assert (h, w) == (32, 48)
+    torch.testing.assert_close(
+        result.trace.responsibilities[-1].sum(1), torch.ones(1, h, w), rtol=1e-5, atol=1e-5
+    )
+    assert result.overlay(0.5).shape == (60, 90, 3)
+    assert abs(sum(result.class_areas().values()) - 1.0) < 1e-6
+
+
+def test_fast_path_gives_same_labels(segmenter):
+    plain = Segmenter(segmenter.model, device="cpu", fast=False)
+    image = photo(seed=3)
+    assert (segmenter(image).labels == plain(image).labels).mean() > 0.999
+
+
+def _encode(image: Image.Image, fmt="PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_odd_image_modes(segmenter, tmp_path):
+    rgb = Image.fromarray(photo(40, 64))
+    cases = {
+        "rgba.png": rgb.convert("RGBA"),
+        "grey.png": rgb.convert("L"),
+        "la.png": rgb.convert("LA"),
+        "palette.png": rgb.convert("P"),
+        "cmyk.jpg": rgb.convert("CMYK"),
+        "bw.png": rgb.convert("1"),
+    }
+    for name, image in cases.items():
+        path = tmp_path / name
+        image.save(path)
+        assert segmenter(path).labels.shape == (40, 64), name
+    # 16-bit greyscale: scaled to 8 bits, not clipped -> same labels as its 8-bit version
+    grey8 = np.asarray(rgb.convert("L"))
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+    same = segmenter(tmp_path / "grey16.png").labels == segmenter(Image.fromarray(grey8)).labels
+    assert same.mean() > 0.999
+    # EXIF orientation 6 (rotate 90): labels of the upright image
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgb.save(tmp_path / "rotated.jpg", exif=exif)
+    assert segmenter(tmp_path / "rotated.jpg").labels.shape == (64, 40)
+    # animated: first frame
+    frames = [rgb, Image.fromarray(photo(40, 64, seed=9))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    assert segmenter(tmp_path / "anim.gif").labels.shape == (40, 64)
+    # 1x1 and extreme aspect ratios
+    assert segmenter(photo(1, 1)).labels.shape == (1, 1)
+    assert segmenter(photo(2, 700)).labels.shape == (2, 700)
+
+
+def test_bad_files_raise_clear_errors(segmenter, tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(_encode(Image.fromarray(photo()))[:100])
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    for path in (empty, truncated, text):
+        with pytest.raises(ImageLoadError, match=path.name):
+            segmenter(path)
+
+
+def test_from_pretrained_own_format_and_mmseg_format(tmp_path):
+    torch.manual_seed(1)
+    model = build_model("emanet_r18-d8_toycity").eval()
+    path = save_checkpoint(
+        tmp_path / "small.pth", model, preset=model.preset.name,
+        classes=list(CLASSES), palette=[tuple(c) for c in PALETTE],
+    )
+    loaded = Segmenter.from_pretrained(path, device="cpu")
+    assert loaded.preset.name == "emanet_r18-d8_toycity"
+    image = photo(seed=5)
+    reference = Segmenter(model, device="cpu")
+    assert (loaded(image).labels == reference(image).labels).all()
+    # an mmseg-style file needs (or infers) its preset
+    torch.save({"meta": {"CLASSES": tuple(CLASSES)}, "state_dict": model.state_dict()},
+               tmp_path / "mm.pth")
+    loaded = Segmenter.from_pretrained(tmp_path / "mm.pth", preset="emanet_r18-d8_toycity")
+    assert (loaded(image).labels == reference(image).labels).all()

@@ -1,0 +1,348 @@
+import colorsys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from emanet.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PhotoMetricDistortion,
+    RandomCrop,
+    RandomResize,
+    TrainTransform,
+    _hsv_to_rgb,
+    _rgb_to_hsv,
+    denormalize,
+    keep_ratio_size,
+    normalize,
+)
+from emanet.data.transforms import TestTransform as EvalTransform  # not a pytest class
+
+LABEL_VALUES = (0, 3, 7, 255)
+
+
+def random_pair(h, w, seed=0, values=LABEL_VALUES):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    label = rng.choice(np.array(values, dtype=np.uint8), size=(h, w))
+    return Image.fromarray(image), Image.fromarray(label)
+
+
+# ----------------------------------------------------------------------------------------------
+# keep-ratio resize rule
+
+
+@pytest.mark.parametrize(
+    "hw, scale, expected",
+    [
+        ((1024, 2048), (2048, 1024), (1024, 2048)),  # Cityscapes at ratio 1: unchanged
+        ((1024, 2048), (1024, 512), (512, 1024)),  # ratio 0.5
+        ((1024, 2048), (3072, 1536), (1536, 3072)),  # ratio 1.5
+        ((1024, 2048), (1024, 2048), (1024, 2048)),  # scale orientation does not matter
+        ((500, 1000), (2048, 1024), (1024, 2048)),  # factor 2.048 on both edges
+        ((300, 200), (2048, 1024), (1536, 1024)),  # min(2048/300, 1024/200) = 5.12
+        ((10, 30), (40, 20), (13, 40)),  # min(40/30, 20/10) = 4/3 -> 13.33 -> 13
+        ((7, 9), (10, 5), (5, 6)),  # min(10/9, 5/7) = 5/7 -> 6.43 -> int(6.93) = 6
+        ((6, 11), (16, 16), (9, 16)),  # 16/11 -> 8.727 + 0.5 -> 9 (round half up)
+    ],
+)
+def test_keep_ratio_size_hand_computed(hw, scale, expected):
+    assert keep_ratio_size(*hw, scale) == expected
+
+
+def test_random_resize_truncates_scaled_target_and_keeps_ratio():
+    # mmcv: target = (int(101 * 0.5), int(51 * 0.5)) = (50, 25), not rounded to (51, 26)
+    assert RandomResize((101, 51), (0.5, 0.5)).sample_scale() == (50, 25)
+    image, label = random_pair(64, 128)
+    img = tv_tensors.Image(F.pil_to_tensor(image))
+    lbl = tv_tensors.Mask(torch.from_numpy(np.array(label))[None])
+    out_img, out_lbl = RandomResize((128, 64), (1.5, 1.5))(img, lbl)
+    assert out_img.shape == (3, 96, 192) and out_lbl.shape == (1, 96, 192)
+    for _ in range(20):
+        s = RandomResize((2048, 1024), (0.5, 2.0)).sample_scale()
+        assert 1024 <= s[0] <= 4096 and 512 <= s[1] <= 2048
+        assert abs(s[0] / s[1] - 2.0) < 0.01
+
+
+# ----------------------------------------------------------------------------------------------
+# shapes, padding, nearest labels
+
+
+@pytest.mark.parametrize(
+    "hw, crop, scale, ratio",
+    [
+        ((40, 80), (16, 32), (80, 40), (0.5, 2.0)),  # larger than the crop
+        ((20, 40), (16, 32), (40, 20), (0.5, 0.5)),  # resized to 10x20: padded on both sides
+        ((10, 100), (16, 32), (100, 10), (1.0, 1.0)),  # wide: cropped in w, padded in h
+    ],
+)
+def test_train_output_shapes_and_dtypes(hw, crop, scale, ratio):
+    image, label = random_pair(*hw, values=(0, 3, 7))
+    t = TrainTransform(crop_size=crop, scale=scale, ratio_range=ratio)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        img, lbl = t(image, label)
+        assert img.shape == (3, *crop) and img.dtype == torch.float32
+        assert lbl.shape == crop and lbl.dtype == torch.int64
+
+
+def test_padding_bottom_right_image_zero_label_ignore():
+    image, label = random_pair(20, 40, values=(0, 3, 7))
+    t = TrainTransform(crop_size=(16, 32), scale=(40, 20), ratio_range=(0.5, 0.5))
+    img, lbl = t(image, label)  # target (20, 10): resized to (10, 20), padded to (16, 32)
+    assert torch.all(img[:, 10:, :] == 0) and torch.all(img[:, :, 20:] == 0)
+    assert torch.all(lbl[10:, :] == 255) and torch.all(lbl[:, 20:] == 255)
+    assert not torch.any(lbl[:10, :20] == 255)
+    assert img[:, :10, :20].abs().sum() > 0
+
+
+@pytest.mark.parametrize("photometric", [True, False])
+def test_labels_never_interpolated(photometric):
+    image, label = random_pair(24, 40, seed=1)
+    t = TrainTransform(
+        crop_size=(20, 30), scale=(40, 24), ratio_range=(0.37, 2.3), photometric=photometric
+    )
+    for seed in range(40):
+        torch.manual_seed(seed)
+        _, lbl = t(image, label)
+        assert set(lbl.unique().tolist()) <= set(LABEL_VALUES)
+
+
+def test_bilinear_label_resize_would_have_been_caught():
+    # Guard for the test above: interpolating this label does create foreign values.
+    _, label = random_pair(24, 40, seed=1)
+    lbl = torch.from_numpy(np.array(label))[None].float()
+    blended = F.resize(lbl, [37, 61], interpolation=InterpolationMode.BILINEAR, antialias=False)
+    assert not set(blended.round().unique().tolist()) <= set(LABEL_VALUES)
+
+
+def test_test_transform_resizes_image_only():
+    image, label = random_pair(10, 30, values=(0, 3, 7, 255))
+    img, lbl = EvalTransform(scale=(40, 20))(image, label)
+    assert img.shape == (3, 13, 40)  # keep_ratio_size(10, 30, (40, 20))
+    assert lbl.dtype == torch.int64
+    assert torch.equal(lbl, torch.from_numpy(np.array(label)).long())
+    img_only, none = EvalTransform(scale=(40, 20))(image)
+    assert none is None and torch.equal(img_only, img)
+    # already at the target scale: no resampling at all
+    same, _ = EvalTransform(scale=(30, 10))(image, label)
+    torch.testing.assert_close(same, normalize(np.array(image)), rtol=0, atol=0)
+    with pytest.raises(ValueError):
+        EvalTransform()(image, Image.new("L", (5, 5)))
+
+
+# ----------------------------------------------------------------------------------------------
+# cat_max_ratio
+
+
+def _stripe_label():
+    # 20x100 label, class 1 in columns [40, 60). A 20x20 window at column offset x (0..80)
+    # passes (max share < 0.75 with two classes) only for x in 26..34 or 46..54: 18 of 81.
+    label = torch.zeros(1, 20, 100, dtype=torch.uint8)
+    label[..., 40:60] = 1
+    return tv_tensors.Mask(label)
+
+
+def test_cat_max_ratio_is_honoured_when_possible():
+    label = _stripe_label()
+    image = tv_tensors.Image(torch.zeros(3, 20, 100, dtype=torch.uint8))
+    strict, loose = RandomCrop((20, 20), 0.75), RandomCrop((20, 20), 1.0)
+    n = 300
+    strict_ok = loose_ok = 0
+    for seed in range(n):
+        torch.manual_seed(seed)
+        _, crop = strict(image, label)
+        assert crop.shape == (1, 20, 20)
+        strict_ok += strict.is_balanced(crop)
+        torch.manual_seed(seed)
+        _, crop = loose(image, label)
+        loose_ok += strict.is_balanced(crop)
+    # single draw: 18/81 = 0.22; with 10 retries: 1 - (63/81)^11 = 0.94
+    assert loose_ok / n < 0.33
+    assert strict_ok / n > 0.85
+
+
+def test_is_balanced_rule():
+    crop = RandomCrop((4, 4), 0.75)
+    assert not crop.is_balanced(torch.zeros(4, 4))  # one class only
+    half = torch.zeros(4, 4, dtype=torch.long)
+    half[:, :2] = 1
+    assert crop.is_balanced(half)
+    three_quarters = torch.zeros(4, 4, dtype=torch.long)
+    three_quarters[:, 0] = 1
+    assert not crop.is_balanced(three_quarters)  # 0.75 is not < 0.75
+    # ignored pixels do not count: 3 vs 2 labelled pixels -> 0.6
+    mixed = torch.full((4, 4), 255)
+    mixed[0, :3] = 0
+    mixed[1, :2] = 1
+    assert crop.is_balanced(mixed)
+
+
+def test_crop_falls_back_after_retries_when_no_window_is_valid():
+    label = tv_tensors.Mask(torch.zeros(1, 30, 30, dtype=torch.uint8))
+    image = tv_tensors.Image(torch.zeros(3, 30, 30, dtype=torch.uint8))
+    img, lbl = RandomCrop((8, 8), 0.75)(image, label)
+    assert img.shape == (3, 8, 8) and lbl.shape == (1, 8, 8)
+
+
+# ----------------------------------------------------------------------------------------------
+# flip keeps image and label aligned
+
+
+def _coded_pair(h=32, w=48, seed=0):
+    """Label random trainIds; image R = 10 * label, G = column, B = row (positions encoded)."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 19, (h, w)).astype(np.uint8)
+    rows, cols = np.mgrid[0:h, 0:w]
+    image = np.stack([10 * label, cols, rows], axis=-1).astype(np.uint8)
+    return image, label
+
+
+def test_flip_moves_image_and_label_together():
+    image, label = _coded_pair()
+    t = TrainTransform(crop_size=(16, 24), scale=(48, 32), ratio_range=(1, 1), photometric=False)
+    seen = set()
+    for seed in range(24):
+        torch.manual_seed(seed)
+        img, lbl = t(Image.fromarray(image), Image.fromarray(label))
+        raw = denormalize(img).long()
+        assert torch.equal(raw[0], 10 * lbl)  # the label still sits under its pixels
+        cols, rows = raw[1], raw[2]
+        # every output pixel comes from the original position its colour encodes
+        assert torch.equal(lbl, torch.from_numpy(label).long()[rows, cols])
+        step = int(cols[0, 1] - cols[0, 0])
+        assert step in (1, -1)
+        assert torch.all(cols.diff(dim=1) == step) and torch.all(rows.diff(dim=0) == 1)
+        seen.add(step)
+    assert seen == {1, -1}  # both flipped and unflipped outcomes occurred
+
+
+@pytest.mark.parametrize("prob, step", [(1.0, -1), (0.0, 1)])
+def test_flip_probability_extremes(prob, step):
+    image, label = _coded_pair()
+    t = TrainTransform(
+        crop_size=(32, 48), scale=(48, 32), ratio_range=(1, 1), flip_prob=prob, photometric=False
+    )
+    img, lbl = t(Image.fromarray(image), Image.fromarray(label))
+    cols = denormalize(img).long()[1]
+    assert torch.all(cols.diff(dim=1) == step)
+    expected = torch.from_numpy(label).long()
+    assert torch.equal(lbl, expected.flip(-1) if prob == 1.0 else expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# normalisation and colour
+
+
+def test_normalize_numbers_and_layouts():
+    assert IMAGENET_MEAN == (123.675, 116.28, 103.53)
+    assert IMAGENET_STD == (58.395, 57.12, 57.375)
+    hwc = np.array([[[0, 255, 128]]], dtype=np.uint8)
+    out = normalize(hwc)
+    assert out.shape == (3, 1, 1) and out.dtype == torch.float32
+    expected = [-123.675 / 58.395, 138.72 / 57.12, 24.47 / 57.375]  # -2.1179, 2.4286, 0.4265
+    assert out.flatten().tolist() == pytest.approx(expected, rel=1e-6)
+    assert out.flatten().tolist() == pytest.approx([-2.117904, 2.428571, 0.426492], abs=1e-6)
+    chw = torch.from_numpy(hwc).permute(2, 0, 1)
+    torch.testing.assert_close(normalize(chw), out)
+    torch.testing.assert_close(normalize(Image.fromarray(hwc)), out)
+    torch.testing.assert_close(
+        normalize(chw[None].expand(2, 3, 1, 1)), out[None].expand(2, 3, 1, 1)
+    )
+    assert torch.equal(denormalize(out), chw)
+
+
+def test_train_transform_normalises_with_mean_std():
+    image, label = _coded_pair(8, 12)
+    t = TrainTransform(
+        crop_size=(8, 12), scale=(12, 8), ratio_range=(1, 1), flip_prob=0.0, photometric=False
+    )
+    img, _ = t(Image.fromarray(image), Image.fromarray(label))
+    torch.testing.assert_close(img, normalize(image), rtol=0, atol=0)
+    mean, std = (10.0, 20.0, 30.0), (2.0, 4.0, 8.0)
+    t = TrainTransform(
+        crop_size=(8, 12),
+        scale=(12, 8),
+        ratio_range=(1, 1),
+        flip_prob=0.0,
+        photometric=False,
+        mean=mean,
+        std=std,
+    )
+    img, _ = t(Image.fromarray(image), Image.fromarray(label))
+    raw = torch.from_numpy(image).permute(2, 0, 1).float()
+    torch.testing.assert_close(img[1], (raw[1] - 20.0) / 4.0)
+
+
+def test_hsv_matches_colorsys_and_round_trips():
+    rng = np.random.default_rng(0)
+    rgb = torch.from_numpy(rng.integers(0, 256, (3, 7, 9)).astype(np.float64))
+    rgb[:, 0, 0] = 0.0  # black
+    rgb[:, 0, 1] = 200.0  # grey
+    hsv = _rgb_to_hsv(rgb)
+    for i in range(7):
+        for j in range(9):
+            h, s, v = colorsys.rgb_to_hsv(*(rgb[:, i, j] / 255.0).tolist())
+            assert hsv[0, i, j].item() == pytest.approx(h * 360.0, abs=1e-9)
+            assert hsv[1, i, j].item() == pytest.approx(s, abs=1e-12)
+            assert hsv[2, i, j].item() == pytest.approx(v * 255.0, abs=1e-9)
+    torch.testing.assert_close(_hsv_to_rgb(hsv), rgb)
+
+
+def test_photometric_distortion_outputs_valid_integers_and_varies():
+    rng = np.random.default_rng(0)
+    raw = torch.from_numpy(rng.integers(0, 256, (3, 6, 6)).astype(np.uint8))
+    image = tv_tensors.Image(raw)
+    pmd = PhotoMetricDistortion()
+    unchanged = 0
+    for seed in range(64):
+        torch.manual_seed(seed)
+        out, _ = pmd(image, None)
+        assert out.dtype == torch.uint8 and out.shape == raw.shape
+        unchanged += torch.equal(out, raw)
+    # every one of the 4 steps is skipped with probability 1/2: about 64/16 = 4 untouched
+    assert 1 <= unchanged <= 12
+
+
+# ----------------------------------------------------------------------------------------------
+# randomness
+
+
+def test_reproducible_under_manual_seed():
+    image, label = random_pair(40, 60, seed=3, values=(0, 1, 2))
+    t = TrainTransform(crop_size=(24, 32), scale=(60, 40))
+    torch.manual_seed(11)
+    a = t(image, label)
+    torch.manual_seed(11)
+    b = t(image, label)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    torch.manual_seed(12)
+    c = t(image, label)
+    assert not torch.equal(a[0], c[0])
+
+
+class _Repeat(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.n = n
+        self.pair = random_pair(30, 40, seed=4, values=(0, 1, 2))
+        self.t = TrainTransform(crop_size=(16, 16), scale=(40, 30))
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.t(*self.pair)
+
+
+def test_dataloader_workers_draw_different_augmentations():
+    loader = torch.utils.data.DataLoader(_Repeat(4), batch_size=1, num_workers=2)
+    images = [img[0] for img, _ in loader]
+    # same sample everywhere; each worker's seed differs, so no two outputs coincide
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not torch.equal(images[i], images[j])
