@@ -355,7 +355,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             row = {
                 "iter": iteration,
                 "lr": lr,
-                **{k: float(v) for k, v in losses.items()},
+                **{k: float(v.detach()) for k, v in losses.items()},
                 "time": elapsed,
             }
             log_row(row)
