@@ -127,7 +127,7 @@ def _train(args) -> int:
     from .train import config_from_args, train
 
     try:
-        metrics = train(config_from_args(args))
+        _, metrics = train(config_from_args(args))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -210,8 +210,9 @@ def validate(
     return metric.compute()
 
 
-def train(config: TrainConfig, progress: bool = True) -> dict:
-    """Run (or resume) a training run; returns the last validation metrics (may be empty).
+def train(config: TrainConfig, progress: bool = True) -> tuple[EMANet, dict]:
+    """Run (or resume) a training run; returns the trained model and the last validation
+    metrics (empty without validation).
 
     Writes into ``work_dir``: ``config.json``, ``latest.pth`` (full training state, atomic,
     every ``checkpoint_interval`` iterations and at the end), ``model.pth`` (weights in our
@@ -397,7 +398,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             log.warning("could not draw the training curves: %s", error)
     if world > 1:
         dist.barrier()
-    return last_val
+    return _unwrap(net), last_val
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -464,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        metrics = train(config_from_args(args))
+        _, metrics = train(config_from_args(args))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -100,8 +100,11 @@ def test_from_pretrained_own_format_and_mmseg_format(tmp_path):
     torch.manual_seed(1)
     model = build_model("emanet_r18-d8_toycity").eval()
     path = save_checkpoint(
-        tmp_path / "small.pth", model, preset=model.preset.name,
-        classes=list(CLASSES), palette=[tuple(c) for c in PALETTE],
+        tmp_path / "small.pth",
+        model,
+        preset=model.preset.name,
+        classes=list(CLASSES),
+        palette=[tuple(c) for c in PALETTE],
     )
     loaded = Segmenter.from_pretrained(path, device="cpu")
     assert loaded.preset.name == "emanet_r18-d8_toycity"
@@ -109,7 +112,8 @@ def test_from_pretrained_own_format_and_mmseg_format(tmp_path):
     reference = Segmenter(model, device="cpu")
     assert (loaded(image).labels == reference(image).labels).all()
     # an mmseg-style file needs (or infers) its preset
-    torch.save({"meta": {"CLASSES": tuple(CLASSES)}, "state_dict": model.state_dict()},
-               tmp_path / "mm.pth")
+    torch.save(
+        {"meta": {"CLASSES": tuple(CLASSES)}, "state_dict": model.state_dict()}, tmp_path / "mm.pth"
+    )
     loaded = Segmenter.from_pretrained(tmp_path / "mm.pth", preset="emanet_r18-d8_toycity")
     assert (loaded(image).labels == reference(image).labels).all()

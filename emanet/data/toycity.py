@@ -410,7 +410,10 @@ def generate_toycity(
             gt_dir.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(img_dir / f"{stem}_leftImg8bit.png")
             Image.fromarray(labels).save(gt_dir / f"{stem}_gtFine_labelIds.png")
-            Image.fromarray(instances).save(gt_dir / f"{stem}_gtFine_instanceIds.png")
+            # 16-bit PNG like the official files (ids up to 33999 fit).
+            Image.fromarray(instances.astype(np.uint16)).save(
+                gt_dir / f"{stem}_gtFine_instanceIds.png"
+            )
             Image.fromarray(_COLOR_LUT[labels]).save(gt_dir / f"{stem}_gtFine_color.png")
     log.info(
         "toy city: %d train, %d val, %d test scenes of %dx%d in %s",

@@ -1,0 +1,144 @@
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from emanet import train as train_module
+from emanet.checkpoint import read_checkpoint
+from emanet.data.toycity import generate_toycity
+from emanet.segmentor import EMANet
+from emanet.train import TrainConfig, TrainingDiverged, poly_lr, train
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory):
+    return generate_toycity(tmp_path_factory.mktemp("city"), train=6, val=2, size=(48, 96), seed=3)
+
+
+def config(city, work_dir, **kw):
+    base = dict(
+        preset="emanet_r18-d8_toycity",
+        data_root=str(city),
+        work_dir=str(work_dir),
+        iters=4,
+        batch_size=2,
+        crop_size=(32, 48),
+        train_scale=(96, 48),
+        checkpoint_interval=2,
+        log_interval=1,
+        num_workers=0,
+        seed=0,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_poly_lr_schedule():
+    cfg = TrainConfig(preset="x", data_root="", work_dir="", iters=100)
+    assert poly_lr(0, cfg) == pytest.approx(0.01)
+    assert poly_lr(100, cfg) == pytest.approx(1e-4)
+    assert poly_lr(50, cfg) == pytest.approx((0.01 - 1e-4) * 0.5**0.9 + 1e-4)
+
+
+def test_train_writes_checkpoints_metrics_and_model(city, tmp_path):
+    model, metrics = train(config(city, tmp_path, val_interval=2), progress=False)
+    assert {"latest.pth", "model.pth", "metrics.jsonl", "config.json"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    assert [r["iter"] for r in rows if "mIoU" in r] == [2, 4]
+    assert 0.0 <= metrics["mIoU"] <= 100.0
+    saved = read_checkpoint(tmp_path / "model.pth")
+    assert saved["preset"] == "emanet_r18-d8_toycity"
+    for key, value in model.state_dict().items():
+        assert torch.equal(saved["state_dict"][key], value), key
+    # the EM bases moved away from their initialisation by the momentum updates
+    assert not torch.equal(EMANet(model.preset).em_unit.bases, model.em_unit.bases)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_interrupted_then_resumed_run_equals_uninterrupted(city, tmp_path, monkeypatch, workers):
+    straight, _ = train(config(city, tmp_path / "a", num_workers=workers), progress=False)
+
+    real = train_module.poly_lr
+
+    def crash_at_2(iteration, cfg):
+        if iteration == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real(iteration, cfg)
+
+    monkeypatch.setattr(train_module, "poly_lr", crash_at_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(city, tmp_path / "b", num_workers=workers), progress=False)
+    state = torch.load(tmp_path / "b" / "latest.pth", weights_only=True)
+    assert state["iteration"] == 2
+    monkeypatch.setattr(train_module, "poly_lr", real)
+    resumed, _ = train(
+        config(city, tmp_path / "b", resume=True, num_workers=workers), progress=False
+    )
+    for key, value in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(city, tmp_path, monkeypatch):
+    real = EMANet.forward_train
+    calls = {"n": 0}
+
+    def exploding(self, images, labels):
+        calls["n"] += 1
+        losses = real(self, images, labels)
+        if calls["n"] == 3:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(EMANet, "forward_train", exploding)
+    with pytest.raises(TrainingDiverged, match="iteration 3"):
+        train(config(city, tmp_path), progress=False)
+    state = torch.load(tmp_path / "latest.pth", weights_only=True)
+    assert state["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, city, work_dir, out_dir):
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    try:
+        model, _ = train(
+            config(city, work_dir, iters=3, batch_size=1, device="cpu"), progress=False
+        )
+        torch.save(
+            {"bases": model.em_unit.bases, "conv": model.decode_head.conv_seg.weight.detach()},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_keeps_ranks_identical(city, tmp_path):
+    args = (2, _free_port(), str(city), str(tmp_path / "run"), str(tmp_path))
+    mp.spawn(_ddp_worker, args=args, nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert torch.equal(r0["bases"], r1["bases"])
+    assert torch.equal(r0["conv"], r1["conv"])
+    assert (tmp_path / "run" / "model.pth").is_file()
