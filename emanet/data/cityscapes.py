@@ -277,16 +277,13 @@ def check_dataset(
                 report.problems.append(f"{image_path}: no label file ({label_ids} is missing)")
                 continue
             try:
-                with Image.open(image_path) as image:
-                    image_size = image.size
-                    image.load()
-                with Image.open(label_path) as label:
-                    label.load()
-                    values = np.unique(np.asarray(label))
-                    label_size = label.size
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-                report.problems.append(f"unreadable file near {image_path}: {error}")
+                image_size = _open(image_path).size
+                label = _open(label_path)
+            except OSError as error:
+                report.problems.append(str(error))
                 continue
+            values = np.unique(np.asarray(label))
+            label_size = label.size
             if image_size != label_size:
                 report.problems.append(
                     f"{label_path}: size {label_size} differs from its image {image_size}"
