@@ -1,0 +1,106 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from emanet import build_model
+from emanet.checkpoint import save_checkpoint
+from emanet.cli import main
+from emanet.data import CLASSES, PALETTE, CityscapesDataset
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("emanet_r18-d8_toycity").eval()
+    path = tmp_path_factory.mktemp("ckpt") / "small.pth"
+    return save_checkpoint(
+        path,
+        model,
+        preset=model.preset.name,
+        classes=list(CLASSES),
+        palette=[tuple(c) for c in PALETTE],
+    )
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory):
+    root = tmp_path_factory.mktemp("city")
+    assert main(["toycity", str(root), "--train", "2", "--val", "3", "--size", "48x96"]) == 0
+    return root
+
+
+def test_models_lists_presets(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "emanet_r101-d8_769x769_80k_cityscapes" in out and "47a324ce" in out
+
+
+def test_predict_writes_masks_and_overlays(checkpoint, tmp_path):
+    images = tmp_path / "in"
+    images.mkdir()
+    for i, mode in enumerate(["RGB", "L", "RGBA"]):
+        arr = np.random.default_rng(i).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+        Image.fromarray(arr).convert(mode).save(images / f"img{i}.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(images), "--model", str(checkpoint), "--out", str(out)]) == 0
+    for i in range(3):
+        mask = Image.open(out / f"img{i}_mask.png")
+        assert mask.size == (60, 40) and mask.mode == "RGB"
+        labels = np.asarray(Image.open(out / f"img{i}_trainIds.png"))
+        assert labels.max() < 19
+        assert Image.open(out / f"img{i}_overlay.png").size == (60, 40)
+    # colours come from the palette of the predicted classes
+    mask = np.asarray(Image.open(out / "img0_mask.png")).reshape(-1, 3)
+    labels = np.asarray(Image.open(out / "img0_trainIds.png")).ravel()
+    assert (mask == np.asarray(PALETTE, dtype=np.uint8)[labels]).all()
+
+
+def test_predict_bad_file_reports_and_fails(checkpoint, tmp_path, caplog):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"")
+    assert main(["predict", str(bad), "--model", str(checkpoint), "--out", str(tmp_path)]) == 1
+    assert "bad.png" in caplog.text
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, caplog):
+    code = main(
+        ["predict", str(tmp_path), "--model", str(tmp_path / "nope.pth"), "--out", str(tmp_path)]
+    )
+    assert code == 2 and "nope.pth" in caplog.text
+
+
+def test_eval_writes_metrics_and_cityscapes_files(checkpoint, city, tmp_path, capsys):
+    out_json = tmp_path / "m.json"
+    args = [
+        "eval",
+        "--model",
+        str(checkpoint),
+        "--data",
+        str(city),
+        "--out",
+        str(out_json),
+        "--save-pred",
+        str(tmp_path / "pred"),
+        "--cityscapes-format",
+        str(tmp_path / "cs"),
+    ]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "mIoU" in text and "iIoU" in text and "road" in text
+    metrics = json.loads(out_json.read_text())
+    assert 0 <= metrics["mIoU"] <= 100 and metrics["images"] == 3
+    ds = CityscapesDataset(city, "val")
+    for image in ds.images:
+        result = Image.open(tmp_path / "cs" / image.name)
+        ids = set(np.unique(np.asarray(result)).tolist())
+        # labelIds of the 19 train classes only
+        assert ids <= {7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33}
+        assert (tmp_path / "pred" / image.name).is_file()
+
+
+def test_data_check(city, capsys):
+    assert main(["data", "check", str(city)]) == 0
+    assert "no problems found" in capsys.readouterr().out
