@@ -1,17 +1,49 @@
-"""emanet: Expectation-Maximization Attention Networks (Li et al., ICCV 2019) for Cityscapes."""
+"""emanet: Expectation-Maximization Attention Networks (Li et al., ICCV 2019) for Cityscapes.
 
+The public API, re-exported here::
+
+    EMAttention, EMTrace                 the EM attention unit and its per-iteration record
+    build_model, EMANet, PRESETS         models named like mmsegmentation's configs
+    load_checkpoint, save_checkpoint     mmsegmentation checkpoints and our own format
+    Segmenter, Prediction                any image in, labels (+ EM trace) out
+    IoUMetric                            mIoU as the official Cityscapes evaluation counts it
+"""
+
+from .checkpoint import (
+    MODEL_ZOO,
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .ema import EMAttention, EMTrace
+from .evaluate import InstanceIoUMetric, IoUMetric
+from .fusion import optimize_for_inference
+from .imageio import ImageLoadError, load_image
+from .predict import Prediction, Segmenter
 from .presets import PRESETS, ModelPreset, get_preset
 from .segmentor import EMANet, build_model
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MODEL_ZOO",
+    "PRESETS",
+    "CheckpointError",
+    "EMANet",
     "EMAttention",
     "EMTrace",
-    "EMANet",
+    "ImageLoadError",
+    "InstanceIoUMetric",
+    "IoUMetric",
     "ModelPreset",
-    "PRESETS",
+    "Prediction",
+    "Segmenter",
     "build_model",
     "get_preset",
+    "load_checkpoint",
+    "load_image",
+    "optimize_for_inference",
+    "read_checkpoint",
+    "save_checkpoint",
 ]
