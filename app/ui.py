@@ -30,6 +30,9 @@ class FileImage(gr.Image):
     broken upload; our loader decodes every mode and names what is wrong, so it gets the file.
     """
 
+    def get_block_name(self) -> str:
+        return "image"  # reuse gr.Image's front end
+
     def preprocess(self, payload):
         if payload is not None and getattr(payload, "path", None):
             return str(payload.path)
@@ -68,11 +71,11 @@ def build_demo(
                     height=300,
                 )
                 model = gr.Dropdown(h.MODEL_CHOICES, value=h.BUNDLED, label="model")
-                uploaded = gr.File(
-                    label="checkpoint (.pth, loaded with weights_only)",
-                    file_types=[".pth"],
-                    visible=True,
-                )
+                with gr.Accordion("use your own checkpoint", open=False):
+                    uploaded = gr.File(
+                        label="checkpoint (.pth: ours or mmsegmentation's, read with weights_only)",
+                        file_types=[".pth"],
+                    )
                 iterations = gr.Slider(1, 10, value=3, step=1, label="EM iterations at test time")
                 max_size = gr.Slider(
                     64, 2048, value=1024, step=32, label="input size cap (longer side, pixels)"
@@ -88,16 +91,25 @@ def build_demo(
                     )
             with gr.Column(scale=2):
                 info = gr.Markdown()
-                overlay = gr.Image(label="segmentation", format="png", interactive=False)
+                overlay = gr.Image(
+                    label="segmentation", format="png", interactive=False, elem_id="overlay"
+                )
                 legend = gr.Image(label="classes", format="png", interactive=False, height=90)
-                table = gr.Dataframe(label="class areas", interactive=False)
+                table = gr.Dataframe(
+                    label="class areas", headers=["class", "area (%)"], interactive=False
+                )
         with gr.Tab("EM attention explorer"):
             gr.Markdown(
                 "Responsibility of every base at EM iteration *t*, bases ordered by how much of "
                 "the image they take (share in each tile's label)."
             )
             step = gr.Slider(1, 10, value=3, step=1, label="EM iteration t")
-            grid = gr.Image(label="responsibilities per base", format="png", interactive=False)
+            grid = gr.Image(
+                label="responsibilities per base",
+                format="png",
+                interactive=False,
+                elem_id="attention-grid",
+            )
             rank = gr.Slider(0, 63, value=0, step=1, label="base (0 = largest share)")
             base_strip = gr.Image(
                 label="one base across iterations", format="png", interactive=False
