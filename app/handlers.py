@@ -2,7 +2,7 @@
 
 No Gradio layout here and no model logic: models come from :mod:`emanet.predict`, pictures
 from :mod:`emanet.viz`. Errors a person can fix (a broken image, an offline download, a
-checkpoint that is not one) become ``gr.Error`` with the library's message.
+checkpoint that is not one, a control out of range) become ``gr.Error`` with the message.
 """
 
 from __future__ import annotations
@@ -21,9 +21,13 @@ import pandas as pd
 from emanet.checkpoint import MODEL_ZOO, CheckpointError
 from emanet.imageio import ImageLoadError
 from emanet.predict import BUNDLED_CHECKPOINT, Prediction, Segmenter
+from emanet.presets import SMALL_PRESET
+from emanet.segmentor import build_model
 from emanet.viz import (
     attention_grid,
+    attention_grid_slot,
     base_across_iterations,
+    base_class_image,
     base_class_matrix,
     base_order,
     convergence,
@@ -32,71 +36,162 @@ from emanet.viz import (
 
 log = logging.getLogger(__name__)
 
-BUNDLED = "bundled: emanet_r18-d8_toycity (synthetic toy city)"
+BUNDLED = f"bundled: {SMALL_PRESET.name} (synthetic toy city)"
 UPLOADED = "uploaded .pth file"
-MODEL_CHOICES = [BUNDLED, *MODEL_ZOO, UPLOADED]
+ZOO = list(MODEL_ZOO)
+MAX_ITERATIONS = 10
+MIN_SIZE, MAX_SIZE = 32, 4096
+# The attention grid's layout; the click handler must use the same numbers.
+GRID_COLS, GRID_TILE = 8, 72
+RANDOM_WEIGHTS_NOTICE = (
+    f"**Notice: random weights.** The bundled model file `{BUNDLED_CHECKPOINT.name}` is missing "
+    "from this installation, so the bundled choice is a *randomly initialised* network: its "
+    "segmentations are meaningless (the EM attention explorer still shows real EM on its "
+    "features). Choose a model-zoo entry or upload a checkpoint for real results."
+)
+
+
+def bundled_missing() -> bool:
+    return not BUNDLED_CHECKPOINT.is_file()
+
+
+def load_segmenter(name: str | None) -> Segmenter:
+    """The default factory: ``None`` = the bundled model, else a zoo name or a ``.pth`` path.
+
+    A missing bundled file is not an error: the app stays usable with a randomly initialised
+    model of the same architecture, with a warning here and a notice in the page.
+    """
+    if name is None and bundled_missing():
+        log.warning(
+            "bundled model %s is missing: using a randomly initialised %s",
+            BUNDLED_CHECKPOINT,
+            SMALL_PRESET.name,
+        )
+        return Segmenter(build_model(SMALL_PRESET))
+    # progress=False: no download progress bar in a server's log.
+    return Segmenter.from_pretrained(name, progress=False)
 
 
 class ModelCache:
-    """Segmenters by name, each loaded once; loading is serialised, inference is not."""
+    """Segmenters by name, each loaded once and shared by all sessions.
+
+    Loading is serialised by a lock (two sessions asking for the same zoo model download it
+    once); inference is not. Uploaded checkpoints are keyed by their upload path and only the
+    most recent one is kept, so repeated uploads cannot fill the memory.
+    """
 
     def __init__(self, factory: Callable[[str | None], Segmenter] | None = None) -> None:
-        self._factory = factory or _load_segmenter
-        self._models: dict[str, Segmenter] = {}
+        self._factory = factory or load_segmenter
+        self._models: dict[str | None, Segmenter] = {}
+        self._uploaded: str | None = None
         self._lock = threading.Lock()
 
-    def get(self, name: str | None) -> Segmenter:
-        key = name or BUNDLED
+    def get(self, key: str | None, uploaded: bool = False) -> Segmenter:
+        """``key``: ``None`` (bundled), a zoo name or, with ``uploaded``, a checkpoint path."""
         with self._lock:
             if key not in self._models:
                 started = time.perf_counter()
-                self._models[key] = self._factory(None if key == BUNDLED else key)
-                log.info("loaded %s in %.1f s", key, time.perf_counter() - started)
+                model = self._factory(key)
+                if uploaded:
+                    self._models.pop(self._uploaded, None)
+                    self._uploaded = key
+                self._models[key] = model
+                log.info("loaded %s in %.1f s", key or BUNDLED, time.perf_counter() - started)
             return self._models[key]
-
-
-def _load_segmenter(name: str | None) -> Segmenter:
-    if name is None and not BUNDLED_CHECKPOINT.is_file():
-        raise CheckpointError(f"the bundled model {BUNDLED_CHECKPOINT} is missing")
-    return Segmenter.from_pretrained(name)
 
 
 @dataclass
 class Session:
-    """The last prediction of a browser session, so sliders re-render without re-running."""
+    """The last prediction of one browser session (``gr.State``): the sliders and the base
+    selector re-render from it without running the model again."""
 
     prediction: Prediction
-    order: np.ndarray
+    order: np.ndarray  # bases by share of the image at the last iteration, largest first
     model: str
     seconds: float
 
 
-def _model_key(model: str | None, uploaded) -> str | None:
+def model_choices(default: str | None = None) -> list[str]:
+    """The dropdown: bundled, the four zoo configs, a command-line model, an upload."""
+    choices = [BUNDLED, *ZOO]
+    if default and default not in choices:
+        choices.append(default)
+    return [*choices, UPLOADED]
+
+
+def _model_key(model: str | None, uploaded: str | None, allowed: list[str]) -> str | None:
+    """Dropdown value -> the factory's name. Anything not offered is refused: the API must
+    not become a way to read arbitrary server paths or URLs."""
+    if model in (None, "", BUNDLED):
+        return None
     if model == UPLOADED:
         if not uploaded:
-            raise gr.Error("choose a .pth file to upload first")
-        return str(uploaded if isinstance(uploaded, str) else uploaded.name)
-    return None if model in (None, "", BUNDLED) else model
+            raise gr.Error("Upload a .pth checkpoint first (or choose another model).")
+        return str(uploaded)
+    if model not in allowed:
+        raise gr.Error(f"Unknown model {model!r}; choose one of: {', '.join(allowed)}.")
+    return model
 
 
-def run_model(cache: ModelCache, image, model, uploaded, iterations, max_size) -> Session:
-    """Segment ``image`` (a file path) with EM trace; raise ``gr.Error`` on bad input."""
+def _image_path(image) -> str:
+    """The uploaded file's path, from a raw ``gr.Image`` payload (the event skips Gradio's
+    preprocessing so that :func:`emanet.imageio.load_image` decodes every file itself)."""
     if image is None:
-        raise gr.Error("upload an image first")
+        raise gr.Error("Upload an image first (or pick an example).")
+    if isinstance(image, dict):
+        image = image.get("path")
+    elif hasattr(image, "path"):
+        image = image.path
+    if not image:
+        raise gr.Error("The image did not arrive as a file; upload it again.")
+    return str(image)
+
+
+def _number(value, name: str, low: float, high: float) -> float:
     try:
-        segmenter = cache.get(_model_key(model, uploaded))
-        started = time.perf_counter()
-        prediction = segmenter(
-            image, trace=True, num_iterations=int(iterations), max_size=int(max_size)
-        )
-    except (ImageLoadError, CheckpointError) as error:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{name} must be a number, got {value!r}.") from None
+    if not low <= number <= high:
+        raise gr.Error(f"{name} must be in {low:g}..{high:g}, got {number:g}.")
+    return number
+
+
+def run_model(
+    cache: ModelCache,
+    image,
+    model: str | None,
+    uploaded: str | None,
+    iterations,
+    max_size,
+    allowed: list[str],
+) -> Session:
+    """Segment ``image`` with its EM trace; every user mistake becomes a ``gr.Error``."""
+    path = _image_path(image)
+    steps = int(_number(iterations, "EM iterations", 1, MAX_ITERATIONS))
+    size = int(_number(max_size, "input size cap", MIN_SIZE, MAX_SIZE))
+    key = _model_key(model, uploaded, allowed)
+    try:
+        segmenter = cache.get(key, uploaded=model == UPLOADED)
+    except CheckpointError as error:
+        raise gr.Error(str(error)) from None
+    except Exception as error:  # a checkpoint of the wrong kind can fail in many ways
+        log.exception("could not load model %s", key)
+        raise gr.Error(f"Could not load model {model!r}: {error}") from None
+    started = time.perf_counter()
+    try:
+        prediction = segmenter(path, trace=True, num_iterations=steps, max_size=size)
+    except ImageLoadError as error:
+        # The message names Gradio's temporary copy; the person knows the file by its name.
         raise gr.Error(str(error)) from None
     seconds = time.perf_counter() - started
-    order = base_order(prediction.trace.responsibilities[-1][0].numpy())
-    return Session(prediction, order, str(model), seconds)
+    log.info("segmented %s in %.2f s", Path(path).name, seconds)
+    order = base_order(prediction.trace.responsibilities[-1][0])
+    return Session(prediction, order, model or BUNDLED, seconds)
 
 
 def class_table(prediction: Prediction) -> pd.DataFrame:
+    """Classes present and their share of the image (%), largest first."""
     rows = [
         {"class": name, "area (%)": round(share * 100.0, 2)}
         for name, share in prediction.class_areas().items()
@@ -105,84 +200,82 @@ def class_table(prediction: Prediction) -> pd.DataFrame:
 
 
 def legend(prediction: Prediction) -> np.ndarray:
+    """Colour legend of the classes present in the prediction."""
     present = np.unique(prediction.labels)
     return legend_image(prediction.classes, prediction.palette, present=present)
 
 
-def grid(session: Session, iteration: int) -> np.ndarray:
+def overlay(session: Session, opacity) -> np.ndarray:
+    """``(H, W, 3)`` uint8 segmentation over the image, at the image's own size."""
+    return session.prediction.overlay(_number(opacity, "overlay opacity", 0.0, 1.0))
+
+
+def grid(session: Session, iteration) -> np.ndarray:
+    """All bases' responsibilities at iteration ``t`` (clipped to 1..T), largest share first."""
     trace = session.prediction.trace
-    t = int(np.clip(iteration, 1, trace.num_iterations))
-    return attention_grid(trace, iteration=t, order=session.order, tile=72)
+    t = int(np.clip(int(iteration), 1, trace.num_iterations))
+    return attention_grid(trace, t, order=session.order, cols=GRID_COLS, tile=GRID_TILE)
 
 
-def single_base(session: Session, rank: int) -> np.ndarray:
-    """The base at position ``rank`` (0 = largest share) over the image at every iteration."""
-    rank = int(np.clip(rank, 0, len(session.order) - 1))
-    base = int(session.order[rank])
+def base_at(session: Session, x: int, y: int) -> int | None:
+    """The base whose tile holds pixel ``(x, y)`` of :func:`grid`'s image, or ``None``."""
+    slot = attention_grid_slot(
+        session.prediction.trace, x, y, cols=GRID_COLS, tile=GRID_TILE
+    )
+    if slot is None or slot >= len(session.order):
+        return None
+    return int(session.order[slot])
+
+
+def single_base(session: Session, base) -> np.ndarray:
+    """Base ``#base`` (clipped to 0..K-1) over the image at every iteration, side by side."""
+    base = int(np.clip(int(base), 0, len(session.order) - 1))
     return base_across_iterations(
         session.prediction.trace, base, session.prediction.image, max_width=1400
     )
 
 
 def convergence_table(session: Session) -> pd.DataFrame:
+    """:func:`emanet.viz.convergence` in long form for ``gr.LinePlot`` (one line per measure)."""
     stats = convergence(session.prediction.trace)
-    steps = range(1, len(stats["entropy"]) + 1)
+    measures = {
+        "base_shift": "bases moved: mean 1 - cos(mu_t, mu_t-1)",
+        "entropy": "responsibility entropy (nats)",
+    }
     rows = [
-        {"iteration": t, "value": v, "measure": "bases moved (1 - cos)"}
-        for t, v in zip(steps, stats["base_shift"], strict=True)
-    ] + [
-        {"iteration": t, "value": v, "measure": "responsibility entropy (nats)"}
-        for t, v in zip(steps, stats["entropy"], strict=True)
+        {"iteration": t, "value": value, "measure": label}
+        for key, label in measures.items()
+        for t, value in enumerate(stats[key], start=1)
     ]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["iteration", "value", "measure"])
 
 
 def base_class_heatmap(session: Session, max_bases: int = 32) -> np.ndarray:
-    """Bases (rows, largest share first) x classes (columns) as a labelled uint8 heat map."""
-    from PIL import Image, ImageDraw
-
-    prediction = session.prediction
-    matrix = base_class_matrix(prediction.trace, prediction.labels, len(prediction.classes))
-    order = session.order[:max_bases]
-    present = [c for c in range(len(prediction.classes)) if matrix[order, c].max() > 0.01]
-    present = present or [0]
-    cell, left, top = 16, 40, 96
-    values = matrix[np.ix_(order, present)]
-    heat = (np.asarray(_magma(values)) * 255).astype(np.uint8)
-    heat = heat.repeat(cell, 0).repeat(cell, 1)
-    canvas = Image.new("RGB", (left + heat.shape[1] + 4, top + heat.shape[0] + 4), "white")
-    canvas.paste(Image.fromarray(heat), (left, top))
-    draw = ImageDraw.Draw(canvas)
-    for row, base in enumerate(order):
-        draw.text((2, top + row * cell + 2), f"#{base}", fill=(0, 0, 0))
-    for col, c in enumerate(present):
-        label = Image.new("RGB", (top - 4, cell), "white")
-        ImageDraw.Draw(label).text((2, 2), prediction.classes[c], fill=(0, 0, 0))
-        canvas.paste(label.rotate(90, expand=True), (left + col * cell, 2))
-    return np.asarray(canvas)
-
-
-def _magma(values: np.ndarray) -> np.ndarray:
-    from matplotlib import colormaps
-
-    return colormaps["magma"](np.clip(values, 0, 1))[..., :3]
-
-
-def overlay(session: Session, opacity: float) -> np.ndarray:
-    return session.prediction.overlay(float(opacity))
-
-
-def summary(session: Session) -> str:
+    """Bases (rows, largest share first) x classes present (columns) as a uint8 heat map."""
     p = session.prediction
-    return (
+    matrix = base_class_matrix(p.trace, p.labels, num_classes=len(p.classes))
+    return base_class_image(matrix, p.classes, session.order, max_bases=max_bases)
+
+
+def summary(session: Session, random_weights: bool = False) -> str:
+    """One line about the run (sizes, iterations, model time)."""
+    p = session.prediction
+    text = (
         f"{p.image.width}×{p.image.height} image, model input {p.input_size[1]}×"
         f"{p.input_size[0]}, {p.trace.num_iterations} EM iterations, "
-        f"{len(session.order)} bases — model time {session.seconds * 1000:.0f} ms"
+        f"{len(session.order)} bases — model time {session.seconds * 1000:.0f} ms "
+        f"({session.model})"
     )
+    if random_weights:
+        text += " — **random weights: the segmentation is meaningless**"
+    return text
 
 
 def skimage_examples(folder: Path) -> list[tuple[str, str]]:
-    """Real photographs that ship inside scikit-image, saved as PNG: ``[(path, caption)]``."""
+    """Real photographs that ship inside scikit-image, saved as PNG: ``[(path, caption)]``.
+
+    They are read from the installed package (no download) once and kept in ``folder``.
+    """
     try:
         from PIL import Image
         from skimage import data
@@ -194,7 +287,9 @@ def skimage_examples(folder: Path) -> list[tuple[str, str]]:
         path = folder / f"skimage_{name}.png"
         try:
             if not path.exists():
-                Image.fromarray(getattr(data, name)()).save(path)
+                tmp = path.with_suffix(".tmp.png")
+                Image.fromarray(getattr(data, name)()).save(tmp)
+                tmp.replace(path)  # atomic: two app processes may share the folder
         except Exception as error:  # a missing sample must not stop the app
             log.warning("scikit-image sample %s unavailable: %s", name, error)
             continue
@@ -203,6 +298,7 @@ def skimage_examples(folder: Path) -> list[tuple[str, str]]:
 
 
 def toycity_examples(root: str | None, count: int = 3) -> list[tuple[str, str]]:
+    """A few validation images of a synthetic toy city in Cityscapes layout, if there is one."""
     if not root or not Path(root).is_dir():
         return []
     images = sorted(Path(root).glob("leftImg8bit/val/*/*_leftImg8bit.png"))[:count]

@@ -49,6 +49,7 @@ def build_demo(
     ``preload`` loads the default model now, so that the first request is fast and a broken
     model fails at start rather than in a request."""
     cache = h.ModelCache(segmenter_factory)
+    png = h.PngWriter()
     if preload:
         cache.get(None)
     notice = ""
@@ -128,10 +129,10 @@ def build_demo(
         def segment(image, model, iterations, max_size, opacity, uploaded):
             session = h.run_model(cache, image, model, uploaded, iterations, max_size)
             return (
-                h.overlay(session, opacity),
-                h.legend(session.prediction),
+                png(h.overlay(session, opacity), "overlay"),
+                png(h.legend(session.prediction), "legend"),
                 h.class_table(session.prediction),
-                h.grid(session, int(iterations)),
+                png(h.grid(session, int(iterations)), "attention"),
                 h.convergence_table(session),
                 h.summary(session),
                 session,
@@ -144,8 +145,8 @@ def build_demo(
             return (
                 gr.update(maximum=steps, value=steps),
                 gr.update(maximum=len(session.order) - 1, value=0),
-                h.single_base(session, 0),
-                h.base_class_heatmap(session),
+                png(h.single_base(session, 0), "base"),
+                png(h.base_class_heatmap(session), "bases-classes"),
             )
 
         def need(session):
@@ -166,16 +167,19 @@ def build_demo(
             api_name=False,
         )
         step.release(
-            lambda s, t: h.grid(need(s), t), inputs=[state, step], outputs=[grid], api_name=False
+            lambda s, t: png(h.grid(need(s), t), "attention"),
+            inputs=[state, step],
+            outputs=[grid],
+            api_name=False,
         )
         rank.release(
-            lambda s, r: h.single_base(need(s), r),
+            lambda s, r: png(h.single_base(need(s), r), "base"),
             inputs=[state, rank],
             outputs=[base_strip],
             api_name=False,
         )
         opacity.release(
-            lambda s, o: h.overlay(need(s), o),
+            lambda s, o: png(h.overlay(need(s), o), "overlay"),
             inputs=[state, opacity],
             outputs=[overlay],
             api_name=False,
