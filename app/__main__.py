@@ -1,37 +1,45 @@
-"""``python -m app [--host H] [--port N] [--model NAME_OR_PATH] [--share]``."""
+"""``python -m app [--host H] [--port N] [--model NAME_OR_PATH] [--share]``.
+
+Serves on 127.0.0.1 (this machine only) unless told otherwise; a public Gradio share link is
+opened only with ``--share``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
+import sys
 
-# No analytics or other calls home; set before gradio is imported.
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+from emanet.checkpoint import CheckpointError
 
-from emanet.predict import Segmenter  # noqa: E402
-
-from .ui import build_demo  # noqa: E402
+from . import build_demo  # importing the package switches Gradio's analytics off first
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--model", help="default model: zoo name, URL or .pth (default: bundled)")
-    parser.add_argument("--share", action="store_true", help="open a public Gradio share link")
-    parser.add_argument("--max-file-size", default="20mb", help="upload size limit")
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description="EMANet segmentation and EM attention explorer (a Gradio web app).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument(
+        "--model",
+        help="default model: a zoo name or a .pth file (default: the bundled toy-city model)",
+    )
+    parser.add_argument("--share", action="store_true", help="also open a public share link")
+    parser.add_argument(
+        "--max-file-size",
+        default="64mb",
+        help="largest upload accepted, images and checkpoints alike (default: 64mb)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    factory = None
-    if args.model:
-        default = args.model
-
-        def factory(name):
-            return Segmenter.from_pretrained(default if name is None else name)
-
-    demo = build_demo(segmenter_factory=factory, preload=True)
+    try:
+        # preload: a model that cannot be loaded (offline download, bad file) stops us here
+        # with its message instead of failing every request.
+        demo = build_demo(default_model=args.model, preload=True)
+    except CheckpointError as error:
+        sys.exit(f"python -m app: {error}")
     demo.launch(
         server_name=args.host,
         server_port=args.port,

@@ -8,8 +8,13 @@ checkpoint that is not one, a control out of range) become ``gr.Error`` with the
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import threading
 import time
+import uuid
+import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +22,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from emanet.checkpoint import MODEL_ZOO, CheckpointError
 from emanet.imageio import ImageLoadError
@@ -98,6 +104,37 @@ class ModelCache:
                 self._models[key] = model
                 log.info("loaded %s in %.1f s", key or BUNDLED, time.perf_counter() - started)
             return self._models[key]
+
+
+class PngWriter:
+    """Writes ``(H, W, 3)`` uint8 images as PNG files for ``gr.Image`` outputs; returns paths.
+
+    Given an array, Gradio encodes it itself at PNG's default level 6: ~300 ms for a
+    1024-pixel overlay on 2 cores, a visible share of a request. Level 1 is ~5x faster, ~15%
+    larger and just as lossless. Gradio copies a returned file into its own cache before it
+    answers, so only the ``keep`` most recent files are kept here; the folder goes with this
+    object (or at exit).
+    """
+
+    def __init__(self, folder: str | Path | None = None, keep: int = 64) -> None:
+        self.folder = Path(folder or tempfile.mkdtemp(prefix="emanet-app-"))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._recent: deque[Path] = deque()
+        self._keep = keep
+        self._lock = threading.Lock()
+        if folder is None:
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
+
+    def __call__(self, array: np.ndarray, name: str) -> str:
+        path = self.folder / f"{name}-{uuid.uuid4().hex[:12]}.png"
+        Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(
+            path, format="PNG", compress_level=1
+        )
+        with self._lock:
+            self._recent.append(path)
+            while len(self._recent) > self._keep:
+                self._recent.popleft().unlink(missing_ok=True)
+        return str(path)
 
 
 @dataclass
@@ -219,9 +256,7 @@ def grid(session: Session, iteration) -> np.ndarray:
 
 def base_at(session: Session, x: int, y: int) -> int | None:
     """The base whose tile holds pixel ``(x, y)`` of :func:`grid`'s image, or ``None``."""
-    slot = attention_grid_slot(
-        session.prediction.trace, x, y, cols=GRID_COLS, tile=GRID_TILE
-    )
+    slot = attention_grid_slot(session.prediction.trace, x, y, cols=GRID_COLS, tile=GRID_TILE)
     if slot is None or slot >= len(session.order):
         return None
     return int(session.order[slot])

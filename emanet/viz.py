@@ -1,8 +1,12 @@
 """Pictures of what EM attention does: responsibility grids, convergence, bases vs classes.
 
-Everything here draws arrays and :class:`~emanet.ema.EMTrace` records, never models. The grid
-functions return uint8 images built with numpy (they sit on the app's hot path); the
-``*_figure`` functions return matplotlib figures for notebooks and reports.
+Everything here draws arrays and :class:`~emanet.ema.EMTrace` records, never models. The
+``*_grid`` / ``*_image`` / ``base_across_iterations`` functions return ``(H, W, 3)`` uint8 images
+built with numpy and one Pillow drawing pass (they sit on the app's hot path and must take
+milliseconds); the ``*_figure`` functions return matplotlib figures for notebooks and reports.
+Only :class:`matplotlib.figure.Figure` is used (no pyplot), so nothing depends on the backend.
+
+Iterations are counted from 1 as in the paper (``t = 1..T``); ``-1`` means the last one.
 """
 
 from __future__ import annotations
@@ -22,159 +26,280 @@ from .ema import EMTrace
 __all__ = [
     "responsibility_maps",
     "base_order",
+    "base_shares",
     "attention_grid",
+    "attention_grid_slot",
     "base_across_iterations",
     "convergence",
     "convergence_figure",
     "base_class_matrix",
     "base_class_figure",
+    "base_class_image",
     "legend_image",
     "plot_training_curves",
 ]
 
-_VIRIDIS = (colormaps["viridis"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+# Colour look-up tables, (256, 3) uint8: indexing is much faster than calling the colormap.
+_VIRIDIS = (colormaps["viridis"](np.linspace(0, 1, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
+_MAGMA = (colormaps["magma"](np.linspace(0, 1, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
+_GAP = 2  # white pixels between grid tiles
+
+
+def _as_numpy(array) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        return array.detach().float().cpu().numpy()
+    return np.asarray(array)
+
+
+def _index(trace: EMTrace, iteration: int) -> int:
+    """1-based iteration (or negative from the end) -> list index, with a clear error."""
+    steps = trace.num_iterations
+    if steps == 0:
+        raise ValueError("the trace is empty: run the model with trace=True")
+    if 1 <= iteration <= steps:
+        return iteration - 1
+    if -steps <= iteration <= -1:
+        return iteration
+    raise ValueError(f"iteration must be in 1..{steps} (or -1 for the last), got {iteration}")
 
 
 def responsibility_maps(trace: EMTrace, iteration: int = -1, sample: int = 0) -> np.ndarray:
     """``(K, h, w)`` float32 responsibilities of one image at ``iteration`` (1-based; -1 last)."""
-    index = iteration - 1 if iteration > 0 else iteration
-    maps = trace.responsibilities[index][sample]
-    return maps.detach().float().cpu().numpy() if isinstance(maps, torch.Tensor) else maps
+    maps = trace.responsibilities[_index(trace, iteration)][sample]
+    return _as_numpy(maps).astype(np.float32, copy=False)
 
 
-def base_order(responsibilities: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Indices of the bases ``(K, h, w)`` by the share of the image they take, largest first."""
-    resp = np.asarray(responsibilities, dtype=np.float64)
-    share = resp.reshape(resp.shape[0], -1).sum(axis=1)
-    return np.argsort(-share, kind="stable")
+def base_shares(responsibilities) -> np.ndarray:
+    """``(K,)`` share of the image (0-1) each base takes: its responsibility summed over pixels,
+    over the pixel count (the shares sum to 1 since every pixel's responsibilities do)."""
+    resp = _as_numpy(responsibilities).astype(np.float64, copy=False)
+    mass = resp.reshape(resp.shape[0], -1).sum(axis=1)
+    return mass / max(mass.sum(), 1e-12)
 
 
-def _colorize(maps: np.ndarray) -> np.ndarray:
-    """``(..., h, w)`` values in [0, 1] -> ``(..., h, w, 3)`` uint8 viridis."""
-    return _VIRIDIS[np.clip(maps * 255.0 + 0.5, 0, 255).astype(np.uint8)]
+def base_order(responsibilities) -> np.ndarray:
+    """Indices of the bases of ``(K, h, w)`` responsibilities by their share, largest first.
+
+    Ties keep the base index order (stable sort), so the order is deterministic.
+    """
+    return np.argsort(-base_shares(responsibilities), kind="stable")
+
+
+def _colorize(values: np.ndarray, lut: np.ndarray = _VIRIDIS) -> np.ndarray:
+    """``(...)`` values in [0, 1] -> ``(..., 3)`` uint8 colours."""
+    return lut[np.clip(values * 255.0 + 0.5, 0, 255).astype(np.uint8)]
 
 
 def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
-    """``(h, w)`` float or ``(h, w, 3)`` uint8 -> ``size = (H, W)``."""
+    """``(h, w)`` float or ``(h, w, 3)`` uint8 -> ``size = (H, W)``, same dtype."""
     resample = Image.NEAREST if nearest else Image.BILINEAR
     if array.ndim == 2:
-        image = Image.fromarray(array.astype(np.float32))
+        image = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32))
         return np.asarray(image.resize((size[1], size[0]), resample))
     return np.asarray(Image.fromarray(array).resize((size[1], size[0]), resample))
+
+
+def _picture(image) -> np.ndarray:
+    """A PIL image or array -> ``(H, W, 3)`` uint8 RGB array."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    return np.ascontiguousarray(array[..., :3], dtype=np.uint8)
+
+
+def _vmax(maps: np.ndarray, vmax: float | None) -> float:
+    """The value drawn brightest: ``vmax`` or the maps' maximum (never 0)."""
+    if vmax is None:
+        vmax = float(maps.max(initial=0.0))
+    return max(float(vmax), 1e-12)
+
+
+def _tile_size(h: int, w: int, tile: int) -> tuple[int, int]:
+    """A tile ``tile`` pixels high with the feature map's aspect ratio."""
+    return tile, max(1, round(tile * w / h))
+
+
+def _label(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str) -> None:
+    """White text on a black box (readable on any colour)."""
+    left, top, right, bottom = draw.textbbox(xy, text)
+    draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=(0, 0, 0))
+    draw.text(xy, text, fill=(255, 255, 255))
 
 
 def attention_grid(
     trace: EMTrace,
     iteration: int = -1,
+    image=None,
     order: Sequence[int] | None = None,
     max_bases: int = 64,
     cols: int = 8,
     tile: int = 96,
+    opacity: float = 0.7,
+    vmax: float | None = None,
     sample: int = 0,
 ) -> np.ndarray:
     """Responsibility map of every base at one iteration, as one ``(H, W, 3)`` uint8 grid.
 
-    Tiles are ordered by ``order`` (default: by share of the image at this iteration), each
-    scaled to ``[0, 1]`` as responsibilities are, coloured with viridis, and labelled with the
-    base index and its share of the image.
+    Args:
+        trace: the EM trace; responsibilities ``(B, K, h, w)`` per iteration.
+        iteration: ``t`` (1-based; -1 = last).
+        image: optional picture that was segmented: each tile is then the map blended over it
+            (``opacity`` of colour), which shows *what* a base covers, not just where.
+        order: bases to show, in this order (default: by share of the image at ``t``).
+        max_bases: show at most this many tiles.
+        cols: tiles per row.
+        tile: tile height in pixels; the width follows the map's aspect ratio.
+        vmax: the responsibility drawn brightest; default: the largest in the shown maps. One
+            scale for all tiles, so tiles compare; not 1, because undecided pixels (e.g. early
+            iterations, or an untrained model: ~1/K everywhere) would all be black.
+
+    Tiles are ``rows x cols`` with :data:`_GAP` white pixels around each, so the result is
+    ``(rows * (tile_h + 2) + 2, cols * (tile_w + 2) + 2, 3)``. Each map is upsampled with
+    nearest neighbour (one tile pixel block = one feature pixel, nothing invented), coloured
+    with viridis from 0 to ``vmax``, and labelled ``#base share%``.
     """
     resp = responsibility_maps(trace, iteration, sample)
     k, h, w = resp.shape
-    order = base_order(resp) if order is None else np.asarray(order)
+    order = base_order(resp) if order is None else np.asarray(order, dtype=np.int64)
     order = order[:max_bases]
-    tile_h = tile
-    tile_w = max(1, round(tile * w / h))
-    rows = -(-len(order) // cols)
-    gap = 2
-    grid = np.full(
-        (rows * (tile_h + gap) + gap, cols * (tile_w + gap) + gap, 3), 255, dtype=np.uint8
-    )
-    total = resp.sum()
-    shares = resp.reshape(k, -1).sum(axis=1) / max(total, 1e-12)
+    shares = base_shares(resp)
+    tile_h, tile_w = _tile_size(h, w, tile)
+    rows = max(1, -(-len(order) // cols))
+    # Nearest-neighbour upsampling of all maps at once by fancy indexing.
+    ys = np.arange(tile_h) * h // tile_h
+    xs = np.arange(tile_w) * w // tile_w
+    maps = resp[order]
+    scale = _vmax(maps, vmax)
+    # Colour at the feature resolution, then upsample the colours: same pixels, ~5x less work.
+    tiles = _colorize(maps / scale)[:, ys][:, :, xs]  # (n, tile_h, tile_w, 3)
+    if image is not None:
+        under = _resize(_picture(image), (tile_h, tile_w)).astype(np.float32)
+        tiles = tiles.astype(np.float32) * opacity + under * (1.0 - opacity)
+        tiles = np.clip(tiles + 0.5, 0, 255).astype(np.uint8)
+    cells = np.full((rows * cols, tile_h + _GAP, tile_w + _GAP, 3), 255, dtype=np.uint8)
+    cells[: len(order), _GAP:, _GAP:] = tiles
+    grid = cells.reshape(rows, cols, tile_h + _GAP, tile_w + _GAP, 3).transpose(0, 2, 1, 3, 4)
+    grid = grid.reshape(rows * (tile_h + _GAP), cols * (tile_w + _GAP), 3)
+    grid = np.pad(grid, ((0, _GAP), (0, _GAP), (0, 0)), constant_values=255)
+    canvas = Image.fromarray(grid)
+    draw = ImageDraw.Draw(canvas)
     for slot, base in enumerate(order):
         r, c = divmod(slot, cols)
-        big = _resize(_colorize(resp[base]), (tile_h, tile_w), nearest=True)
-        y, x = gap + r * (tile_h + gap), gap + c * (tile_w + gap)
-        grid[y : y + tile_h, x : x + tile_w] = big
-    image = Image.fromarray(grid)
-    draw = ImageDraw.Draw(image)
-    for slot, base in enumerate(order):
-        r, c = divmod(slot, cols)
-        y, x = gap + r * (tile_h + gap), gap + c * (tile_w + gap)
-        text = f"#{base} {shares[base] * 100:.1f}%"
-        draw.rectangle((x, y, x + 7 * len(text), y + 11), fill=(0, 0, 0))
-        draw.text((x + 1, y), text, fill=(255, 255, 255))
-    return np.asarray(image)
+        xy = (_GAP + c * (tile_w + _GAP) + 1, _GAP + r * (tile_h + _GAP))
+        _label(draw, xy, f"#{base} {shares[base] * 100:.1f}%")
+    return np.asarray(canvas)
+
+
+def attention_grid_slot(
+    trace: EMTrace, x: int, y: int, cols: int = 8, tile: int = 96, sample: int = 0
+) -> int | None:
+    """Which tile of :func:`attention_grid` (same ``cols`` / ``tile``) holds pixel ``(x, y)``.
+
+    Returns the slot (0 = first tile, an index into the grid's ``order``) or ``None`` for a
+    gap or a point outside the tiles. Lets a click on the grid select a base.
+    """
+    _, _, h, w = trace.responsibilities[-1].shape
+    tile_h, tile_w = _tile_size(h, w, tile)
+    c, dx = divmod(int(x) - _GAP, tile_w + _GAP)
+    r, dy = divmod(int(y) - _GAP, tile_h + _GAP)
+    if x < _GAP or y < _GAP or c >= cols or dx >= tile_w or dy >= tile_h:
+        return None
+    return r * cols + c
 
 
 def base_across_iterations(
     trace: EMTrace,
     base: int,
-    image: np.ndarray | Image.Image,
+    image,
     opacity: float = 0.6,
+    vmax: float | None = None,
     sample: int = 0,
     max_width: int = 2048,
 ) -> np.ndarray:
-    """One base's responsibility over the image at every iteration, side by side, labelled t=…
+    """One base's responsibility over the image at every iteration, side by side.
 
-    Returns ``(H', T * W' + gaps, 3)`` uint8; ``image`` is the picture that was segmented.
+    Args:
+        trace: the EM trace (``T`` iterations).
+        base: the base index ``0..K-1``.
+        image: the picture that was segmented (PIL or ``(H, W, 3)`` uint8 array).
+        opacity: weight of the viridis map over the picture.
+        vmax: the responsibility drawn brightest (default: this base's maximum over all
+            iterations, one scale for all panels so that they compare).
+        max_width: the whole strip is scaled down to at most this width.
+
+    Returns:
+        ``(H', T * W' + (T - 1) * 4, 3)`` uint8: panels labelled ``base #b, t=1..T``, separated
+        by 4 white pixels; ``(H', W')`` is the picture's size, shrunk to fit ``max_width``. The
+        map is upsampled bilinearly to the picture (a smooth overlay reads better on a photo).
     """
-    picture = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    num_bases = trace.responsibilities[0].shape[1]
+    if not 0 <= base < num_bases:
+        raise ValueError(f"base must be in 0..{num_bases - 1}, got {base}")
+    picture = _picture(image)
     steps = trace.num_iterations
     height, width = picture.shape[:2]
     scale = min(1.0, max_width / (steps * width))
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    base_img = _resize(picture, size).astype(np.float32)
+    under = _resize(picture, size).astype(np.float32) * (1.0 - opacity)
+    maps = [responsibility_maps(trace, t, sample)[base] for t in range(1, steps + 1)]
+    scale = _vmax(np.stack(maps), vmax)
+    separator = np.full((size[0], 4, 3), 255, dtype=np.uint8)
     panels = []
-    for t in range(1, steps + 1):
-        resp = responsibility_maps(trace, t, sample)[base]
-        heat = _colorize(np.clip(_resize(resp, size), 0, 1)).astype(np.float32)
-        blend = (1 - opacity) * base_img + opacity * heat
-        panel = Image.fromarray(np.clip(blend + 0.5, 0, 255).astype(np.uint8))
-        ImageDraw.Draw(panel).text((4, 2), f"t={t}", fill=(255, 255, 255))
-        panels.append(np.asarray(panel))
-        panels.append(np.full((size[0], 4, 3), 255, dtype=np.uint8))
-    return np.concatenate(panels[:-1], axis=1)
+    for resp in maps:
+        heat = _colorize(np.clip(_resize(resp, size) / scale, 0, 1))
+        blend = np.clip(under + opacity * heat.astype(np.float32) + 0.5, 0, 255).astype(np.uint8)
+        panels += [blend, separator]
+    canvas = Image.fromarray(np.concatenate(panels[:-1], axis=1))
+    draw = ImageDraw.Draw(canvas)
+    for t in range(steps):
+        _label(draw, (t * (size[1] + 4) + 3, 2), f"base #{base}, t={t + 1}")
+    return np.asarray(canvas)
 
 
 def convergence(trace: EMTrace, sample: int = 0) -> dict[str, list[float]]:
     """Per iteration ``t = 1..T``: how far the bases moved and how decided the pixels are.
 
-    ``base_shift[t]``: mean over bases of ``1 - cos(mu_t, mu_{t-1})`` (``mu_0`` = the initial
-    bases); ``entropy[t]``: mean over pixels of the responsibilities' entropy in nats (``log K``
-    when undecided, 0 when every pixel picks one base).
+    Returns:
+        ``{"base_shift": [T floats], "entropy": [T floats]}`` where ``base_shift[t]`` is the mean
+        over the ``K`` bases of ``1 - cos(mu_t, mu_{t-1})`` (``mu_0`` = the initial bases; NaN
+        at ``t = 1`` if the trace has none), in [0, 2]; and ``entropy[t]`` is the mean over the
+        ``h * w`` pixels of ``-sum_k z log z`` of the responsibilities, in nats: ``log K`` when
+        a pixel is undecided, 0 when it picks one base.
     """
     shifts, entropies = [], []
     previous = trace.initial_bases
     for t in range(trace.num_iterations):
-        bases = trace.bases[t][sample].float()
-        if previous is not None:
-            prev = previous[sample].float()
-            cos = torch.nn.functional.cosine_similarity(bases, prev, dim=0)
-            shifts.append(float((1 - cos).mean()))
-        else:
+        bases = trace.bases[t][sample].double()  # (C, K)
+        if previous is None:
             shifts.append(float("nan"))
+        else:
+            cos = torch.nn.functional.cosine_similarity(bases, previous[sample].double(), dim=0)
+            shifts.append(float((1.0 - cos).mean()))
         previous = trace.bases[t]
-        resp = trace.responsibilities[t][sample].float().clamp_min(1e-12)
-        entropies.append(float(-(resp * resp.log()).sum(dim=0).mean()))
+        resp = trace.responsibilities[t][sample].double()  # (K, h, w)
+        # xlogy: 0 log 0 = 0 without clamping (clamping would bias a decided pixel's entropy).
+        entropies.append(float(-torch.special.xlogy(resp, resp).sum(dim=0).mean()))
     return {"base_shift": shifts, "entropy": entropies}
 
 
 def convergence_figure(trace: EMTrace, sample: int = 0) -> Figure:
-    """Line plots of :func:`convergence` against the iteration."""
+    """Two line plots of :func:`convergence` against the iteration ``t``."""
     stats = convergence(trace, sample)
     steps = np.arange(1, trace.num_iterations + 1)
-    fig = Figure(figsize=(6.4, 2.8), layout="constrained")
+    fig = Figure(figsize=(7.0, 2.8), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(steps, stats["base_shift"], marker="o")
     ax1.set(xlabel="EM iteration t", ylabel="mean 1 - cos(mu_t, mu_t-1)", title="bases moved")
-    k = trace.responsibilities[0].shape[1]
+    num_bases = trace.responsibilities[0].shape[1]
     ax2.plot(steps, stats["entropy"], marker="o", color="tab:orange")
-    ax2.axhline(np.log(k), ls="--", color="grey", lw=1, label=f"log K (K={k})")
-    ax2.set(xlabel="EM iteration t", ylabel="nats", title="responsibility entropy")
+    ax2.axhline(np.log(num_bases), ls="--", color="grey", lw=1, label=f"log K (K={num_bases})")
+    ax2.set(xlabel="EM iteration t", ylabel="entropy (nats)", title="responsibility entropy")
     ax2.legend(loc="best", fontsize="small")
     for ax in (ax1, ax2):
         ax.set_xticks(steps)
+    fig.suptitle("EM convergence")
     return fig
 
 
@@ -186,20 +311,24 @@ def base_class_matrix(
     sample: int = 0,
     ignore_index: int = 255,
 ) -> np.ndarray:
-    """``(K, classes)``: for each base, the share of its responsibility mass on each class.
+    """``(K, num_classes)``: for each base, the share of its responsibility mass on each class.
 
     ``labels`` ``(H, W)`` trainIds (predicted or ground truth) are brought to the trace's
-    resolution with nearest neighbour; ignored pixels do not count. Rows sum to 1 (a base with
-    no mass on labelled pixels gets a row of zeros).
+    ``(h, w)`` with nearest neighbour; ``ignore_index`` and ids ``>= num_classes`` do not
+    count. Rows sum to 1 (a base with no mass on counted pixels gets a row of zeros).
     """
     resp = responsibility_maps(trace, iteration, sample)
     k, h, w = resp.shape
-    small = _resize(np.asarray(labels, dtype=np.float32), (h, w), nearest=True).astype(np.int64)
-    valid = small != ignore_index
-    onehot = np.zeros((num_classes, h * w), dtype=np.float64)
-    cols = np.flatnonzero(valid.ravel())
-    onehot[small.ravel()[cols], cols] = 1.0
-    matrix = resp.reshape(k, -1).astype(np.float64) @ onehot.T
+    labels = np.asarray(labels)
+    # Nearest neighbour by index (same pixel centres as Pillow's NEAREST), exact for any dtype.
+    ys = ((np.arange(h) + 0.5) * labels.shape[0] / h).astype(np.int64)
+    xs = ((np.arange(w) + 0.5) * labels.shape[1] / w).astype(np.int64)
+    small = labels[ys][:, xs].astype(np.int64).ravel()
+    valid = (small != ignore_index) & (small >= 0) & (small < num_classes)
+    flat = resp.reshape(k, -1).astype(np.float64)
+    matrix = np.zeros((k, num_classes), dtype=np.float64)
+    # Sum each base's mass per class: scatter-add over the valid pixels.
+    np.add.at(matrix.T, small[valid], flat[:, valid].T)
     totals = matrix.sum(axis=1, keepdims=True)
     return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
 
@@ -207,7 +336,7 @@ def base_class_matrix(
 def base_class_figure(
     matrix: np.ndarray, classes: Sequence[str], order: Sequence[int] | None = None
 ) -> Figure:
-    """Heat map of :func:`base_class_matrix` (bases in ``order``, classes as columns)."""
+    """Heat map of :func:`base_class_matrix`: bases in ``order`` as rows, classes as columns."""
     order = np.arange(matrix.shape[0]) if order is None else np.asarray(order)
     fig = Figure(figsize=(7, max(3, 0.12 * len(order) + 1.5)), layout="constrained")
     ax = fig.subplots()
@@ -217,11 +346,46 @@ def base_class_figure(
     ax.set_yticks(range(0, len(order), step), [str(b) for b in order[::step]], fontsize=7)
     ax.set(
         xlabel="class",
-        ylabel="base (largest share first)",
+        ylabel="base (in the given order)",
         title="share of each base's responsibility per class",
     )
-    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="share of the base's mass")
     return fig
+
+
+def base_class_image(
+    matrix: np.ndarray,
+    classes: Sequence[str],
+    order: Sequence[int] | None = None,
+    max_bases: int = 32,
+    min_share: float = 0.01,
+    cell: int = 16,
+) -> np.ndarray:
+    """:func:`base_class_matrix` as a labelled ``(H, W, 3)`` uint8 heat map (magma, 0-1).
+
+    Rows are the first ``max_bases`` bases of ``order`` (``#index``); columns only the classes
+    that take at least ``min_share`` of some shown base (19 mostly empty columns hide the
+    story). Drawn with numpy and Pillow: a matplotlib figure costs ~10x more to render.
+    """
+    order = np.arange(matrix.shape[0]) if order is None else np.asarray(order)
+    order = order[:max_bases]
+    shown = matrix[order]
+    present = [c for c in range(len(classes)) if shown[:, c].max(initial=0) >= min_share] or [0]
+    heat = _colorize(shown[:, present], _MAGMA).repeat(cell, 0).repeat(cell, 1)
+    draw_probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_len = max(draw_probe.textbbox((0, 0), classes[c])[2] for c in present)
+    left, top = 40, label_len + 8
+    canvas = Image.new("RGB", (left + heat.shape[1] + 4, top + heat.shape[0] + 4), "white")
+    canvas.paste(Image.fromarray(heat), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    for row, base in enumerate(order):
+        draw.text((2, top + row * cell + 2), f"#{base}", fill=(0, 0, 0))
+    # Column titles written sideways: draw horizontally, rotate the strip by 90 degrees.
+    for col, c in enumerate(present):
+        strip = Image.new("RGB", (top - 4, cell), "white")
+        ImageDraw.Draw(strip).text((2, 2), classes[c], fill=(0, 0, 0))
+        canvas.paste(strip.rotate(90, expand=True), (left + col * cell, 2))
+    return np.asarray(canvas)
 
 
 def legend_image(
@@ -230,34 +394,57 @@ def legend_image(
     present: Sequence[int] | None = None,
     cols: int = 4,
 ) -> np.ndarray:
-    """A ``(H, W, 3)`` uint8 legend of class colours (only ``present`` trainIds if given)."""
+    """A ``(H, W, 3)`` uint8 legend: a colour swatch and the name of each class.
+
+    ``present``: only these trainIds (e.g. ``np.unique(labels)``; out-of-range ids such as the
+    ignore index 255 are skipped), default all classes.
+    """
     ids = list(range(len(classes))) if present is None else [int(i) for i in present]
-    ids = [i for i in ids if 0 <= i < len(classes)] or [0]
+    ids = [i for i in ids if 0 <= i < len(classes)]
     cell_w, cell_h = 150, 18
-    rows = -(-len(ids) // cols)
+    rows = max(1, -(-len(ids) // cols))
     image = Image.new("RGB", (cols * cell_w, rows * cell_h + 4), (255, 255, 255))
     draw = ImageDraw.Draw(image)
+    if not ids:
+        draw.text((4, 3), "no class", fill=(0, 0, 0))
     for slot, index in enumerate(ids):
         r, c = divmod(slot, cols)
         x, y = c * cell_w + 4, r * cell_h + 3
-        draw.rectangle(
-            (x, y, x + 14, y + 12), fill=tuple(int(v) for v in palette[index]), outline=(0, 0, 0)
-        )
+        colour = tuple(int(v) for v in palette[index])
+        draw.rectangle((x, y, x + 14, y + 12), fill=colour, outline=(0, 0, 0))
         draw.text((x + 20, y), classes[index], fill=(0, 0, 0))
     return np.asarray(image)
 
 
 def plot_training_curves(metrics_jsonl: str | Path) -> Figure:
-    """Loss curves and validation mIoU from a trainer's ``metrics.jsonl``."""
-    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line]
+    """Loss curves and validation mIoU from a trainer's ``metrics.jsonl``.
+
+    Rows with ``loss`` (and optionally ``loss_decode``, ``loss_aux``) are training logs; rows
+    with ``mIoU`` (percent) are validations; both carry ``iter``. Blank or malformed lines (a
+    run killed mid-write) are skipped. Left axes: losses; right axes: mIoU.
+    """
+    rows = []
+    for line in Path(metrics_jsonl).read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "iter" in row:
+            rows.append(row)
     train = [r for r in rows if "loss" in r]
     val = [r for r in rows if "mIoU" in r]
     fig = Figure(figsize=(9, 3.2), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
-    for key, label in (("loss", "total"), ("loss_decode", "decode"), ("loss_aux", "auxiliary")):
-        ax1.plot([r["iter"] for r in train], [r[key] for r in train], label=label)
-    ax1.set(xlabel="iteration", ylabel="cross-entropy", title="training loss")
-    ax1.legend(fontsize="small")
-    ax2.plot([r["iter"] for r in val], [r["mIoU"] for r in val], marker="o", color="tab:green")
+    for key, label in (("loss", "total"), ("loss_decode", "decode head"), ("loss_aux", "aux")):
+        points = [(r["iter"], r[key]) for r in train if key in r]
+        if points:
+            ax1.plot(*zip(*points, strict=True), label=label)
+    ax1.set(xlabel="iteration", ylabel="cross-entropy loss", title="training loss")
+    if train:
+        ax1.legend(fontsize="small")
+    if val:
+        ax2.plot([r["iter"] for r in val], [r["mIoU"] for r in val], marker="o", color="tab:green")
+    else:
+        ax2.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax2.transAxes)
     ax2.set(xlabel="iteration", ylabel="mIoU (%)", title="validation mIoU")
     return fig

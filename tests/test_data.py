@@ -62,7 +62,7 @@ OFFICIAL_TRAIN_IDS = {
 def test_label_table_matches_official():
     table = {lb.id: lb.train_id for lb in LABELS}
     assert {k: v for k, v in table.items() if k >= 0} == OFFICIAL_TRAIN_IDS
-    assert table[-1] == 255  # license plate
+    assert table[-1] == -1  # license plate: -1 in the official table
     assert len(LABELS) == 35
     assert CLASSES[0] == "road" and CLASSES[10] == "sky" and CLASSES[18] == "bicycle"
     assert PALETTE[0] == (128, 64, 128) and PALETTE[13] == (0, 0, 142)

@@ -13,6 +13,7 @@ from .cityscapes import (
     label_ids_to_train_ids,
     train_ids_to_label_ids,
 )
+from .toycity import generate_toycity
 
 __all__ = [
     "CLASSES",
@@ -24,6 +25,7 @@ __all__ = [
     "DatasetReport",
     "Label",
     "check_dataset",
+    "generate_toycity",
     "label_ids_to_train_ids",
     "train_ids_to_label_ids",
 ]

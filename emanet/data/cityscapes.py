@@ -1,25 +1,28 @@
 """Cityscapes: the official label table, palette, and a dataset over the official layout.
 
-Files (cityscapesScripts' conventions, also ``torchvision.datasets.Cityscapes``')::
+Files (cityscapesScripts' conventions, which ``torchvision.datasets.Cityscapes`` also reads)::
 
     ROOT/leftImg8bit/{split}/{city}/{city}_{seq:06d}_{frame:06d}_leftImg8bit.png
     ROOT/gtFine/{split}/{city}/{city}_{seq:06d}_{frame:06d}_gtFine_labelIds.png
-    ROOT/gtFine/{split}/{city}/..._gtFine_labelTrainIds.png   (made by createTrainIdLabelImgs)
+    ROOT/gtFine/{split}/{city}/..._gtFine_labelTrainIds.png   (createTrainIdLabelImgs makes it)
     ROOT/gtFine/{split}/{city}/..._gtFine_instanceIds.png
 
-Networks predict the 19 *train* classes (trainIds 0-18); every other label is ignored (255).
+``labelIds`` are the 34 annotation classes (0-33); networks predict the 19 *train* classes
+(trainIds 0-18) and every other pixel is ignored (:data:`IGNORE_INDEX`, 255).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import struct
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 __all__ = [
@@ -38,12 +41,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: trainId of every pixel that is not scored (loss and metrics skip it).
 IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)
 class Label:
-    """One row of cityscapesScripts' ``helpers/labels.py``."""
+    """One row of cityscapesScripts' ``helpers/labels.py`` (field names in snake_case)."""
 
     name: str
     id: int
@@ -55,8 +59,11 @@ class Label:
     color: tuple[int, int, int]
 
 
+# The official table, row for row. 'license plate' keeps the official id and trainId -1: it is
+# never written to labelIds images (json2labelImg skips negative ids, leaving the vehicle's id).
 # fmt: off
 LABELS: tuple[Label, ...] = (
+    #     name                    id  trainId  category      catId  hasInst ignoreInEval color
     Label("unlabeled",             0, 255, "void",         0, False, True,  (0, 0, 0)),
     Label("ego vehicle",           1, 255, "void",         0, False, True,  (0, 0, 0)),
     Label("rectification border",  2, 255, "void",         0, False, True,  (0, 0, 0)),
@@ -91,62 +98,146 @@ LABELS: tuple[Label, ...] = (
     Label("train",                31,  16, "vehicle",      7, True,  False, (0, 80, 100)),
     Label("motorcycle",           32,  17, "vehicle",      7, True,  False, (0, 0, 230)),
     Label("bicycle",              33,  18, "vehicle",      7, True,  False, (119, 11, 32)),
-    Label("license plate",        -1, 255, "vehicle",      7, False, True,  (0, 0, 142)),
+    Label("license plate",        -1,  -1, "vehicle",      7, False, True,  (0, 0, 142)),
 )
 # fmt: on
 
-_TRAIN_LABELS = sorted(
-    (lb for lb in LABELS if lb.train_id != IGNORE_INDEX), key=lambda lb: lb.train_id
+_TRAIN_LABELS: tuple[Label, ...] = tuple(
+    sorted((lb for lb in LABELS if 0 <= lb.train_id < IGNORE_INDEX), key=lambda lb: lb.train_id)
 )
+#: The 19 train class names, indexed by trainId.
 CLASSES: tuple[str, ...] = tuple(lb.name for lb in _TRAIN_LABELS)
+#: The official RGB colour of each train class, indexed by trainId.
 PALETTE: tuple[tuple[int, int, int], ...] = tuple(lb.color for lb in _TRAIN_LABELS)
+#: trainIds of the classes with instances (scored by iIoU): person ... bicycle.
 INSTANCE_CLASSES: tuple[int, ...] = tuple(lb.train_id for lb in _TRAIN_LABELS if lb.has_instances)
 
-_ID_TO_TRAIN = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-for _label in LABELS:
-    if _label.id >= 0:
-        _ID_TO_TRAIN[_label.id] = _label.train_id
-_ID_TO_TRAIN.flags.writeable = False
-_TRAIN_TO_ID = np.zeros(256, dtype=np.uint8)
-for _label in _TRAIN_LABELS:
-    _TRAIN_TO_ID[_label.train_id] = _label.id
-_TRAIN_TO_ID.flags.writeable = False
+
+def _lookup_tables() -> tuple[np.ndarray, np.ndarray]:
+    """(labelId -> trainId, trainId -> labelId), 256 uint8 entries each, read-only."""
+    to_train = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    to_label = np.zeros(256, dtype=np.uint8)  # 255 and unknown trainIds -> 0 'unlabeled'
+    for lb in LABELS:
+        if lb.id >= 0:
+            to_train[lb.id] = lb.train_id if 0 <= lb.train_id < IGNORE_INDEX else IGNORE_INDEX
+    for lb in _TRAIN_LABELS:
+        to_label[lb.train_id] = lb.id
+    to_train.flags.writeable = False
+    to_label.flags.writeable = False
+    return to_train, to_label
 
 
-def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
-    """labelIds (0-33; anything else counts as unlabeled) -> trainIds (0-18, 255), uint8."""
-    return _ID_TO_TRAIN[np.asarray(label_ids).astype(np.uint8, copy=False)]
+_ID_TO_TRAIN_ID, _TRAIN_ID_TO_ID = _lookup_tables()
 
 
-def train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
-    """trainIds (0-18) -> labelIds, uint8; 255 and unknown values -> 0 (unlabeled)."""
-    return _TRAIN_TO_ID[np.asarray(train_ids).astype(np.uint8, copy=False)]
+def _apply_lut(lut: np.ndarray, values, outside: int) -> np.ndarray:
+    """``lut[values]`` for any integer array; values outside 0-255 give ``outside``.
+
+    A plain cast to uint8 would wrap (263 -> 7 'road'), so other dtypes are masked first.
+    """
+    values = np.asarray(values)
+    if values.dtype == np.uint8:
+        return lut[values]
+    if not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(f"label maps must hold integers, got dtype {values.dtype}")
+    inside = (values >= 0) & (values <= 255)
+    out = np.full(values.shape, outside, dtype=np.uint8)
+    out[inside] = lut[values[inside]]
+    return out
+
+
+def label_ids_to_train_ids(label_ids) -> np.ndarray:
+    """Map labelIds to trainIds through the official table.
+
+    Args:
+        label_ids: integer array of any shape, e.g. ``(H, W)`` read from ``_labelIds.png``.
+
+    Returns:
+        uint8 array of the same shape: 0-18, or 255 for ignored ids and ids not in the table.
+    """
+    return _apply_lut(_ID_TO_TRAIN_ID, label_ids, IGNORE_INDEX)
+
+
+def train_ids_to_label_ids(train_ids) -> np.ndarray:
+    """Map trainIds 0-18 back to labelIds (uint8, same shape); 255 and unknown values -> 0."""
+    return _apply_lut(_TRAIN_ID_TO_ID, train_ids, 0)
 
 
 _IMAGE_SUFFIX = "_leftImg8bit.png"
+_LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
+_TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
+_INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
+
+_VALID_LABEL_IDS = np.zeros(256, dtype=bool)
+_VALID_LABEL_IDS[[lb.id for lb in LABELS if lb.id >= 0]] = True
+_VALID_TRAIN_IDS = np.zeros(256, dtype=bool)
+_VALID_TRAIN_IDS[[*range(len(CLASSES)), IGNORE_INDEX]] = True
+for _table in (_VALID_LABEL_IDS, _VALID_TRAIN_IDS):
+    _table.flags.writeable = False
+
+# What Pillow's decoders raise on broken files (truncated data, bad chunks, bad CRCs, bombs).
+_DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    zlib.error,
+    Image.DecompressionBombError,
+)
 
 
 def _stem(image: Path) -> str:
+    """``{city}_{seq}_{frame}`` of a ``_leftImg8bit.png`` path."""
     return image.name[: -len(_IMAGE_SUFFIX)]
 
 
-def _open(path: Path) -> Image.Image:
-    """Decode a PNG fully, turning any failure into an error that names the file."""
+def _gt_base(root: Path, split: str, image: Path) -> Path:
+    """The gtFine path of ``image`` without its suffix (append e.g. ``_gtFine_labelIds.png``)."""
+    return root / "gtFine" / split / image.parent.name / _stem(image)
+
+
+def _with_suffix(base: Path, suffix: str) -> Path:
+    return base.with_name(base.name + suffix)
+
+
+def _read(path: Path, mode: str | None = None) -> np.ndarray:
+    """Fully decode an image file into an array; failures raise an OSError naming the file.
+
+    ``mode`` converts first (e.g. ``"RGB"``); ``None`` keeps the stored values (label maps).
+    """
     try:
         with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+            if mode is not None and image.mode != mode:
+                image = image.convert(mode)
+            return np.array(image)  # forces the full decode, so truncation shows up here
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist") from None
+    except _DECODE_ERRORS as error:
         raise OSError(f"cannot read {path}: {error}") from error
+
+
+def _find_images(image_dir: Path) -> list[Path]:
+    """All ``{city}/*_leftImg8bit.png`` under a split folder, sorted (deterministic order)."""
+    return sorted(p for p in image_dir.glob(f"*/*{_IMAGE_SUFFIX}") if p.is_file())
 
 
 class CityscapesDataset(Dataset):
     """Images and trainId labels of one split of a dataset in Cityscapes' layout.
 
-    ``dataset[i]`` is ``(image, label)``: a PIL RGB image and a PIL ``L`` image of trainIds
-    (0-18, 255 = ignore), or ``transforms(image, label)`` when ``transforms`` is given.
-    ``_gtFine_labelTrainIds.png`` is used when present, else ``_gtFine_labelIds.png`` is mapped
-    through the official label table.
+    ``dataset[i]`` is ``(image, label)``: a PIL RGB image of size ``(W, H)`` and a PIL ``L``
+    image of the same size holding trainIds (0-18, 255 = ignore), or ``transforms(image, label)``
+    when ``transforms`` is given. ``_gtFine_labelTrainIds.png`` is used when present, else
+    ``_gtFine_labelIds.png`` is mapped through the official label table.
+
+    Attributes:
+        root, split: as given (``root`` as a :class:`~pathlib.Path`).
+        images: sorted ``_leftImg8bit.png`` paths.
+        labels: the label file used for each image (labelTrainIds or labelIds).
+
+    Raises:
+        FileNotFoundError: naming the folder or file, when the split folder is missing or holds
+            no images, or an image has no label file.
     """
 
     def __init__(
@@ -158,71 +249,89 @@ class CityscapesDataset(Dataset):
         self.root = Path(root)
         self.split = split
         self.transforms = transforms
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"dataset root {self.root} does not exist or is not a folder")
         image_dir = self.root / "leftImg8bit" / split
         if not image_dir.is_dir():
             raise FileNotFoundError(
                 f"{image_dir} does not exist: expected the Cityscapes layout "
-                f"ROOT/leftImg8bit/{split}/CITY/*{_IMAGE_SUFFIX}"
+                f"ROOT/leftImg8bit/{split}/CITY/CITY_SEQ_FRAME{_IMAGE_SUFFIX}"
             )
-        self.images = sorted(image_dir.glob(f"*/*{_IMAGE_SUFFIX}"))
+        self.images: list[Path] = _find_images(image_dir)
         if not self.images:
-            raise FileNotFoundError(f"no *{_IMAGE_SUFFIX} files under {image_dir}")
+            raise FileNotFoundError(f"no *{_IMAGE_SUFFIX} files in the city folders of {image_dir}")
         self.labels: list[Path] = []
-        self._label_is_train_id: list[bool] = []
         for image in self.images:
-            base = self.root / "gtFine" / split / image.parent.name / _stem(image)
-            train_ids = Path(f"{base}_gtFine_labelTrainIds.png")
-            label_ids = Path(f"{base}_gtFine_labelIds.png")
+            base = _gt_base(self.root, split, image)
+            train_ids = _with_suffix(base, _TRAIN_IDS_SUFFIX)
+            label_ids = _with_suffix(base, _LABEL_IDS_SUFFIX)
             if train_ids.is_file():
                 self.labels.append(train_ids)
-                self._label_is_train_id.append(True)
             elif label_ids.is_file():
                 self.labels.append(label_ids)
-                self._label_is_train_id.append(False)
             else:
-                raise FileNotFoundError(f"{image} has no label file ({label_ids} is missing)")
+                raise FileNotFoundError(
+                    f"{image} has no label file: neither {label_ids} nor {train_ids.name} exists"
+                )
+        log.debug("%s/%s: %d images", self.root, split, len(self.images))
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def load_label(self, index: int) -> Image.Image:
-        """The trainId map of image ``index`` as a PIL ``L`` image."""
-        label = _open(self.labels[index])
-        values = np.asarray(label)
-        if values.ndim != 2:
-            raise ValueError(f"{self.labels[index]}: a label map must have one channel")
-        if not self._label_is_train_id[index]:
-            values = label_ids_to_train_ids(values)
-        return Image.fromarray(values.astype(np.uint8), mode="L")
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r}, split={self.split!r}) [{len(self)}]"
+
+    def load_label(self, index: int) -> np.ndarray:
+        """The ``(H, W)`` uint8 trainId map of image ``index``.
+
+        Raises:
+            OSError: the file cannot be decoded (the message names it).
+            ValueError: the map has several channels, or a labelTrainIds file holds values
+                other than 0-18 and 255 (the message names the file).
+        """
+        path = self.labels[index]
+        values = _read(path)
+        if values.ndim != 2 or not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(
+                f"{path}: a label map must be one channel of integers, "
+                f"got shape {values.shape} of {values.dtype}"
+            )
+        if path.name.endswith(_TRAIN_IDS_SUFFIX):
+            bad = ~_VALID_TRAIN_IDS[np.clip(values, 0, 255)] | (values < 0) | (values > 255)
+            if bad.any():
+                found = sorted(int(v) for v in np.unique(values[bad]))[:10]
+                raise ValueError(f"{path}: values {found} are not trainIds (0-18 or 255)")
+            return values.astype(np.uint8)
+        return label_ids_to_train_ids(values)
 
     def __getitem__(self, index: int):
-        image = _open(self.images[index]).convert("RGB")
+        image = _read(self.images[index], "RGB")
         label = self.load_label(index)
-        if image.size != label.size:
+        if image.shape[:2] != label.shape:
             raise ValueError(
-                f"{self.images[index]} is {image.size} but its label {self.labels[index]} "
-                f"is {label.size}"
+                f"{self.images[index]} is {image.shape[1]}x{image.shape[0]} but its label "
+                f"{self.labels[index]} is {label.shape[1]}x{label.shape[0]}"
             )
+        image, label = Image.fromarray(image, "RGB"), Image.fromarray(label, "L")
         if self.transforms is not None:
             return self.transforms(image, label)
         return image, label
 
     def instance_path(self, index: int) -> Path | None:
-        """The ``_gtFine_instanceIds.png`` of image ``index``, if it exists."""
-        image = self.images[index]
-        path = (
-            self.root
-            / "gtFine"
-            / self.split
-            / image.parent.name
-            / f"{_stem(image)}_gtFine_instanceIds.png"
-        )
+        """The ``_gtFine_instanceIds.png`` of image ``index`` if it exists, else ``None``."""
+        path = _with_suffix(_gt_base(self.root, self.split, self.images[index]), _INSTANCE_SUFFIX)
         return path if path.is_file() else None
 
 
 @dataclass
 class DatasetReport:
-    """What :func:`check_dataset` found: pairs per split and a list of problems (one per file)."""
+    """What :func:`check_dataset` found.
+
+    Attributes:
+        root: the dataset folder.
+        counts: image/label pairs per split that exists (splits without a folder are absent).
+        problems: one line per problem, each naming the file it is about.
+    """
 
     root: Path
     counts: dict[str, int] = field(default_factory=dict)
@@ -230,73 +339,98 @@ class DatasetReport:
 
     @property
     def ok(self) -> bool:
-        return not self.problems and any(self.counts.values())
+        """No problems, and at least one image/label pair."""
+        return not self.problems and sum(self.counts.values()) > 0
 
     def format(self) -> str:
+        """A human-readable, multi-line report."""
         lines = [f"dataset {self.root}"]
         for split, count in self.counts.items():
-            lines.append(f"  {split:6s} {count:6d} image/label pairs")
+            lines.append(f"  {split:<10s} {count:6d} image/label pairs")
         if self.problems:
             lines.append(f"{len(self.problems)} problem(s):")
-            lines += [f"  - {p}" for p in self.problems]
-        elif not any(self.counts.values()):
-            lines.append("no images found")
+            lines += [f"  - {problem}" for problem in self.problems]
+        elif not sum(self.counts.values()):
+            lines.append("no image/label pairs found (expected ROOT/leftImg8bit/SPLIT/CITY/...)")
         else:
             lines.append("no problems found")
         return "\n".join(lines)
 
 
-_VALID_LABEL_IDS = {lb.id for lb in LABELS if lb.id >= 0}
-_VALID_TRAIN_IDS = set(range(len(CLASSES))) | {IGNORE_INDEX}
+def _check_label(path: Path, image_size: tuple[int, int] | None, valid: np.ndarray) -> list[str]:
+    """Problems of one label file: unreadable, not one channel, wrong size, invalid values."""
+    try:
+        values = _read(path)
+    except OSError as error:
+        return [str(error)]
+    if values.ndim != 2:
+        return [f"{path}: a label map must have one channel, got shape {values.shape}"]
+    problems = []
+    if image_size is not None and values.shape != image_size:
+        problems.append(
+            f"{path}: size {values.shape[1]}x{values.shape[0]} differs from its image "
+            f"({image_size[1]}x{image_size[0]})"
+        )
+    present = np.unique(values)
+    bad = [int(v) for v in present if not (0 <= v <= 255 and valid[v])]
+    if bad:
+        kind = "trainIds" if valid is _VALID_TRAIN_IDS else "Cityscapes labelIds"
+        problems.append(f"{path}: values {bad[:20]} are not valid {kind}")
+    return problems
+
+
+def _check_split(root: Path, split: str, report: DatasetReport) -> None:
+    image_dir = root / "leftImg8bit" / split
+    images = _find_images(image_dir)
+    keys = {(p.parent.name, _stem(p)) for p in images}
+    pairs = 0
+    for image in images:
+        base = _gt_base(root, split, image)
+        labels = [
+            (path, valid)
+            for path, valid in (
+                (_with_suffix(base, _LABEL_IDS_SUFFIX), _VALID_LABEL_IDS),
+                (_with_suffix(base, _TRAIN_IDS_SUFFIX), _VALID_TRAIN_IDS),
+            )
+            if path.is_file()
+        ]
+        if not labels:
+            report.problems.append(
+                f"{image}: no label file ({_with_suffix(base, _LABEL_IDS_SUFFIX)} is missing)"
+            )
+            continue
+        pairs += 1
+        try:
+            size = _read(image).shape[:2]
+        except OSError as error:
+            report.problems.append(str(error))
+            size = None
+        for path, valid in labels:
+            report.problems += _check_label(path, size, valid)
+    label_dir = root / "gtFine" / split
+    for suffix in (_LABEL_IDS_SUFFIX, _TRAIN_IDS_SUFFIX):
+        for path in sorted(label_dir.glob(f"*/*{suffix}")):
+            if (path.parent.name, path.name[: -len(suffix)]) not in keys:
+                report.problems.append(f"{path}: label without an image")
+    report.counts[split] = pairs
 
 
 def check_dataset(
     root: str | os.PathLike[str], splits: Sequence[str] = ("train", "val", "test")
 ) -> DatasetReport:
-    """Check a dataset in Cityscapes' layout: pairing, readability, sizes, label values."""
+    """Check a dataset in Cityscapes' layout: pairing, readability, sizes and label values.
+
+    Every image and label file is decoded fully, so this takes a while on the real dataset.
+    Splits without a ``leftImg8bit/{split}`` folder are skipped (Cityscapes' test split is often
+    left out); labels of such a split are still reported as labels without images.
+    """
     root = Path(root)
     report = DatasetReport(root)
     if not root.is_dir():
-        report.problems.append(f"{root}: not a folder")
+        report.problems.append(f"{root}: dataset root does not exist or is not a folder")
         return report
     for split in splits:
-        image_dir = root / "leftImg8bit" / split
-        label_dir = root / "gtFine" / split
-        if not image_dir.is_dir():
-            continue
-        images = {
-            (p.parent.name, _stem(p)): p for p in sorted(image_dir.glob(f"*/*{_IMAGE_SUFFIX}"))
-        }
-        pairs = 0
-        for (city, stem), image_path in images.items():
-            base = label_dir / city / stem
-            train_ids = Path(f"{base}_gtFine_labelTrainIds.png")
-            label_ids = Path(f"{base}_gtFine_labelIds.png")
-            label_path = train_ids if train_ids.is_file() else label_ids
-            if not label_path.is_file():
-                report.problems.append(f"{image_path}: no label file ({label_ids} is missing)")
-                continue
-            try:
-                image_size = _open(image_path).size
-                label = _open(label_path)
-            except OSError as error:
-                report.problems.append(str(error))
-                continue
-            values = np.unique(np.asarray(label))
-            label_size = label.size
-            if image_size != label_size:
-                report.problems.append(
-                    f"{label_path}: size {label_size} differs from its image {image_size}"
-                )
-            valid = _VALID_TRAIN_IDS if label_path == train_ids else _VALID_LABEL_IDS
-            unknown = sorted(int(v) for v in values if int(v) not in valid)
-            if unknown:
-                report.problems.append(f"{label_path}: unknown label values {unknown}")
-            pairs += 1
-        if label_dir.is_dir():
-            for label_path in sorted(label_dir.glob("*/*_gtFine_labelIds.png")):
-                stem = label_path.name[: -len("_gtFine_labelIds.png")]
-                if (label_path.parent.name, stem) not in images:
-                    report.problems.append(f"{label_path}: label without an image")
-        report.counts[split] = pairs
+        if (root / "leftImg8bit" / split).is_dir() or (root / "gtFine" / split).is_dir():
+            _check_split(root, split, report)
+            log.info("checked %s/%s: %d pairs", root, split, report.counts[split])
     return report
