@@ -13,10 +13,10 @@ Usage: python benchmarks/bench_ema.py [--device cuda] [--batch 2 --channels 512 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
+from timing import median_time
 
 from emanet import EMAttention, EMTrace
 
@@ -31,21 +31,6 @@ def einsum_em(x, bases, steps):
             z_normed = F.normalize(z, dim=1, p=1)
             mu = F.normalize(torch.einsum("bcn,bnk->bck", feats, z_normed), dim=1, p=2)
     return torch.einsum("bck,bnk->bcn", mu, z).view(b, c, h, w)
-
-
-def timeit(fn, device, repeat, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -75,7 +60,7 @@ def main() -> None:
     zt = z.transpose(1, 2).contiguous()
 
     def best(*fns):
-        return min(timeit(fn, device, args.repeat) for fn in fns)
+        return min(median_time(fn, device, args.repeat) for fn in fns)
 
     t_e = best(lambda: torch.bmm(xt, mu), lambda: torch.bmm(xc.transpose(1, 2), mu))
     t_m = best(lambda: torch.bmm(xc, z), lambda: torch.bmm(xt.transpose(1, 2), z))
@@ -85,9 +70,9 @@ def main() -> None:
     best_rate = flops_one / min(t_e, t_m, t_r)
 
     with torch.inference_mode():
-        t_unit = timeit(lambda: unit(x), device, args.repeat)
-        t_trace = timeit(lambda: unit(x, trace=EMTrace()), device, args.repeat)
-        t_einsum = timeit(lambda: einsum_em(x, unit.bases, t), device, args.repeat)
+        t_unit = median_time(lambda: unit(x), device, args.repeat)
+        t_trace = median_time(lambda: unit(x, trace=EMTrace()), device, args.repeat)
+        t_einsum = median_time(lambda: einsum_em(x, unit.bases, t), device, args.repeat)
         same = torch.allclose(unit(x), einsum_em(x, unit.bases, t), rtol=1e-4, atol=1e-5)
 
     total = (2 * t + 1) * flops_one

@@ -10,26 +10,12 @@ Usage: python benchmarks/bench_model.py [--preset NAME] [--height 512 --width 10
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import median_time
 
 from emanet import build_model
 from emanet.fusion import optimize_for_inference
-
-
-def median_time(fn, repeat, device):
-    fn()
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -61,8 +47,8 @@ def main() -> None:
         with torch.inference_mode():
             return fast.inference(x_cl)
 
-    t_plain = median_time(plain, args.repeat, device)
-    t_fast = median_time(optimised, args.repeat, device)
+    t_plain = median_time(plain, device, args.repeat)
+    t_fast = median_time(optimised, device, args.repeat)
     same = (plain().argmax(1) == optimised().argmax(1)).float().mean().item()
     print(
         f"{args.preset} on {device} ({torch.get_num_threads()} threads), "

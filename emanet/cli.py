@@ -114,26 +114,11 @@ def _eval(args) -> int:
 
 
 def _add_train(sub) -> None:
-    from .train import build_parser
+    from .train import build_parser, run_from_args
 
     p = sub.add_parser("train", help="train a preset (single process or under torchrun)")
     build_parser(p)
-    p.set_defaults(func=_train)
-
-
-def _train(args) -> int:
-    import torch.distributed as dist
-
-    from .train import config_from_args, train
-
-    try:
-        _, metrics = train(config_from_args(args))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    if metrics:
-        log.info("final mIoU %.2f", metrics["mIoU"])
-    return 0
+    p.set_defaults(func=run_from_args)
 
 
 def _add_toycity(sub) -> None:

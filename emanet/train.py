@@ -462,8 +462,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m emanet.train`` (what torchrun launches); ``emanet train`` is the same."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run_from_args(args)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Train from parsed arguments; the process group (if any) is closed even on failure."""
     try:
         _, metrics = train(config_from_args(args))
     finally:

@@ -1,7 +1,9 @@
 """The app end to end: launched on 127.0.0.1, driven with gradio_client (and a real browser)."""
 
+import io
 import logging
 import os
+import re
 import shutil
 import socket
 import threading
@@ -21,7 +23,7 @@ from app import handlers  # noqa: E402
 from app.handlers import BUNDLED, UPLOADED  # noqa: E402
 from app.ui import build_demo  # noqa: E402
 from emanet import build_model  # noqa: E402
-from emanet.data import CLASSES  # noqa: E402
+from emanet.data import CLASSES, PALETTE  # noqa: E402
 from emanet.predict import Segmenter  # noqa: E402
 
 # Gradio's queue uses pandas options that pandas 3 deprecates: not ours to fix.
@@ -115,7 +117,7 @@ def test_api_documented_and_page_served(server, client):
         assert response.status == 200 and b"<html" in response.read(2000).lower()
 
 
-def test_segment_returns_lossless_overlay_grid_curves_and_table(client, files):
+def test_segment_returns_lossless_overlay_grid_curves_table_and_legend(client, files):
     overlay, grid, curves, table, legend, info = segment(client, files["photo.png"], iterations=4)
     with Image.open(overlay) as im:
         assert im.format == "PNG" and im.size == (160, 96)
@@ -123,10 +125,18 @@ def test_segment_returns_lossless_overlay_grid_curves_and_table(client, files):
         assert im.format == "PNG"
         # 64 bases, 8 per row: 8 rows of 72-pixel tiles
         assert im.size[1] == 8 * (72 + 2) + 2
-    assert Image.open(legend).format == "PNG"
     assert table["headers"] == ["class", "area (%)"]
-    assert set(row[0] for row in table["data"]) <= set(CLASSES) and table["data"]
+    present = [row[0] for row in table["data"]]
+    assert set(present) <= set(CLASSES) and present
     assert abs(sum(row[1] for row in table["data"]) - 100.0) < 0.5
+    # the legend is HTML (no file to fetch): a swatch in its Cityscapes colour and the name of
+    # every class present, largest first like the table, and no other class
+    assert isinstance(legend, str) and legend.lstrip().startswith("<div")
+    swatches = re.findall(r"background:(#[0-9a-f]{6})[^>]*></span>([^<]+)</span>", legend)
+    colours = {
+        name: "#{:02x}{:02x}{:02x}".format(*c) for name, c in zip(CLASSES, PALETTE, strict=True)
+    }
+    assert swatches == [(colours[name], name) for name in present]
     # the convergence plot arrives as its data: (iteration, value, measure) rows
     assert curves["columns"] == ["iteration", "value", "measure"]
     assert sorted(row[0] for row in curves["data"]) == [1, 1, 2, 2, 3, 3, 4, 4]
@@ -258,8 +268,21 @@ def test_browser_upload_shows_segmentation_and_attention_grid(server, files, tmp
 def test_png_writer_is_lossless_and_keeps_only_recent_files(tmp_path):
     writer = handlers.PngWriter(tmp_path, keep=2)
     array = np.random.default_rng(0).integers(0, 255, (7, 9, 3), dtype=np.uint8)
-    paths = [writer(array, "overlay") for _ in range(3)]
-    with Image.open(paths[-1]) as im:
-        assert im.format == "PNG"
-        np.testing.assert_array_equal(np.asarray(im), array)
+    paths = [writer(array, "overlay", compress_level=level) for level in (1, 0, 1)]
+    for path in paths[1:]:
+        with Image.open(path) as im:
+            assert im.format == "PNG"
+            np.testing.assert_array_equal(np.asarray(im), array)
     assert [Path(p).exists() for p in paths] == [False, True, True]
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (5, 4), (6, 3, 4), (3, 8, 2), (97, 131, 3)])
+@pytest.mark.parametrize("level", [0, 1, 9])
+def test_encode_png_is_lossless(shape, level):
+    rng = np.random.default_rng(level)
+    array = rng.integers(0, 256, shape, dtype=np.uint8)
+    array[: shape[0] // 2] = 7  # flat rows: the Up filter's best case
+    with Image.open(io.BytesIO(handlers.encode_png(array, level))) as im:
+        np.testing.assert_array_equal(np.asarray(im), array)
+    with pytest.raises(ValueError, match="cannot write"):
+        handlers.encode_png(np.zeros((2, 2, 5), dtype=np.uint8))
