@@ -29,7 +29,6 @@ import json
 import os
 import socket
 import tempfile
-import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -38,6 +37,7 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from PIL import Image  # noqa: E402
+from timing import wall_times  # noqa: E402
 
 from app.handlers import BUNDLED  # noqa: E402
 from app.ui import DEFAULTS, build_demo  # noqa: E402
@@ -90,15 +90,9 @@ def empty_endpoint_floor(requests: int) -> list[float]:
     empty.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        client.predict(api_name="/empty")
-        times = []
-        for _ in range(requests):
-            start = time.perf_counter()
-            client.predict(api_name="/empty")
-            times.append(time.perf_counter() - start)
+        return wall_times(lambda: client.predict(api_name="/empty"), requests, warmup=1)
     finally:
         empty.close()
-    return times
 
 
 def main() -> None:
@@ -112,32 +106,21 @@ def main() -> None:
         path = os.path.join(tmp, "street_1024x512.png")
         Image.fromarray(image).save(path)
 
-        bare = []
-        segmenter(path)
-        for _ in range(args.requests):
-            start = time.perf_counter()
-            segmenter(path)
-            bare.append(time.perf_counter() - start)
+        bare = wall_times(lambda: segmenter(path), args.requests, warmup=1)
 
         demo = build_demo(segmenter_factory=lambda name: segmenter, examples_dir=tmp)
         port = free_port()
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
         try:
             client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-            client.predict(handle_file(path), api_name="/segment")
-            e2e = []
-            for _ in range(args.requests):
-                start = time.perf_counter()
-                client.predict(handle_file(path), api_name="/segment")
-                e2e.append(time.perf_counter() - start)
-            rest = []
+            e2e = wall_times(
+                lambda: client.predict(handle_file(path), api_name="/segment"),
+                args.requests,
+                warmup=1,
+            )
             with httpx.Client(timeout=120) as http:
                 api = f"http://127.0.0.1:{port}/gradio_api"
-                rest_segment(http, api, path)
-                for _ in range(args.requests):
-                    start = time.perf_counter()
-                    rest_segment(http, api, path)
-                    rest.append(time.perf_counter() - start)
+                rest = wall_times(lambda: rest_segment(http, api, path), args.requests, warmup=1)
         finally:
             demo.close()
         floor = empty_endpoint_floor(args.requests)

@@ -1,4 +1,4 @@
-"""The one timing rule every benchmark here uses: warm up, then the median of timed calls."""
+"""The one timing rule every benchmark here uses: warm up, then time each call on its own."""
 
 from __future__ import annotations
 
@@ -8,20 +8,33 @@ from collections.abc import Callable
 import torch
 
 
-def median_time(fn: Callable[[], object], device: torch.device, repeat: int, warmup: int = 3):
-    """Median wall time of ``fn()`` in seconds over ``repeat`` calls after ``warmup`` calls.
+def wall_times(
+    fn: Callable[[], object],
+    repeat: int,
+    warmup: int = 3,
+    device: torch.device | None = None,
+) -> list[float]:
+    """Wall time of each of ``repeat`` calls of ``fn()`` in seconds, after ``warmup`` calls.
 
-    CUDA work is synchronised before and after each call, so the time covers the kernels.
+    On a CUDA ``device`` the work is synchronised before and after each call, so the time
+    covers the kernels.
     """
+    cuda = device is not None and device.type == "cuda"
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeat):
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         fn()
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return times
+
+
+def median_time(fn: Callable[[], object], device: torch.device, repeat: int, warmup: int = 3):
+    """Median of :func:`wall_times`, in seconds."""
+    times = sorted(wall_times(fn, repeat, warmup, device))
+    return times[len(times) // 2]
