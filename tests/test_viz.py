@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
 
 from emanet import EMAttention, EMTrace
 from emanet.data import CLASSES, PALETTE
 from emanet.viz import (
     _VIRIDIS,
+    _stamp_labels,
     attention_grid,
     attention_grid_slot,
     base_across_iterations,
@@ -87,6 +89,29 @@ def test_attention_grid_tiles_are_ordered_by_share():
     # a given order is kept
     grid = attention_grid(trace, order=[1, 3], cols=2, tile=tile)
     np.testing.assert_array_equal(grid[tile, tile], _VIRIDIS[0])
+
+
+def test_stamped_labels_are_pillows_pixels():
+    """The fast labels (grid tiles, base strips) against Pillow drawing each one."""
+    rng = np.random.default_rng(0)
+    background = rng.integers(0, 256, (40, 90, 3), dtype=np.uint8)
+    labels = [
+        ((3, 2), "#12 3.4%"),
+        ((40, 20), "base #7, t=10"),  # letters and punctuation; runs off the right edge
+        ((70, 33), "#0 100.0%"),  # off the bottom-right corner
+        ((10, 24), " "),  # nothing inked: no box either
+    ]
+    reference = Image.fromarray(background.copy())
+    draw = ImageDraw.Draw(reference)
+    for xy, text in labels:
+        if text.strip():
+            left, top, right, bottom = draw.textbbox(xy, text)
+            draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=(0, 0, 0))
+            draw.text(xy, text, fill=(255, 255, 255))
+    stamped = background.copy()
+    _stamp_labels(stamped, labels)
+    np.testing.assert_array_equal(stamped, np.asarray(reference))
+    assert (stamped != background).any()
 
 
 def test_attention_grid_slot_inverts_the_layout():
