@@ -201,10 +201,10 @@ def attention_grid(
     shares = base_shares(resp)
     tile_h, tile_w = _tile_size(h, w, tile)
     rows = max(1, -(-len(order) // cols))
-    scale = _vmax(resp[order], vmax)
+    maps = resp[order]
     # Colour at the feature resolution, then upsample the colours by nearest-neighbour
     # indexing (same pixels as colouring the upsampled maps, ~5x less work).
-    colours = _colorize(resp[order] / scale)  # (n, h, w, 3)
+    colours = _colorize(maps / _vmax(maps, vmax))  # (n, h, w, 3)
     ys = np.arange(tile_h) * h // tile_h
     xs = np.arange(tile_w) * w // tile_w
     under = None
