@@ -130,6 +130,14 @@ def ideal_endpoint(outputs: tuple, seconds: float, folder: Path) -> gr.Blocks:
     return ideal
 
 
+def client_times(url: str, path: str, requests: int) -> list[float]:
+    """Seconds of each /segment call of ``path`` through gradio_client (one client)."""
+    client = Client(url, verbose=False)
+    return wall_times(
+        lambda: client.predict(handle_file(path), api_name="/segment"), requests, warmup=1
+    )
+
+
 def launched(demo: gr.Blocks) -> tuple[gr.Blocks, str]:
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -156,12 +164,7 @@ def main() -> None:
             handler = wall_times(lambda: segment(*inputs), args.requests, warmup=1)
             answer = segment(*inputs)
             answer = (*(shutil.copy(view, tmp) for view in answer[:2]), *answer[2:])
-            client = Client(url, verbose=False)
-            e2e = wall_times(
-                lambda: client.predict(handle_file(path), api_name="/segment"),
-                args.requests,
-                warmup=1,
-            )
+            e2e = client_times(url, path, args.requests)
             with httpx.Client(timeout=120) as http:
                 api = f"{url}gradio_api"
                 rest = wall_times(lambda: rest_segment(http, api, path), args.requests, warmup=1)
@@ -169,12 +172,7 @@ def main() -> None:
             demo.close()
         ideal, url = launched(ideal_endpoint(answer, percentile(bare, 50), Path(tmp)))
         try:
-            client = Client(url, verbose=False)
-            floor = wall_times(
-                lambda: client.predict(handle_file(path), api_name="/segment"),
-                args.requests,
-                warmup=1,
-            )
+            floor = client_times(url, path, args.requests)
         finally:
             ideal.close()
 
