@@ -71,10 +71,13 @@ class ResNetV1c(nn.Module):
         strides: stride of each stage (``(1, 2, 1, 1)`` for output stride 8).
         dilations: dilation of each stage (``(1, 1, 2, 4)``).
         contract_dilation: first block of a dilated stage uses half the dilation.
+        stem_channels: output channels of the deep stem (64).
+        base_width: channels of the first stage's blocks, doubled at every stage (64, as every
+            ImageNet ResNet; the small toy-city preset halves it).
         norm_layer: normalisation (``nn.BatchNorm2d``; the trainer converts to SyncBatchNorm).
 
     ``forward``: ``(B, 3, H, W) -> [c1, c2, c3, c4]`` with strides 4, 8, 8, 8 for D8 and
-    channels ``(64, 128, 256, 512) * expansion``.
+    channels ``(1, 2, 4, 8) * base_width * expansion``.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class ResNetV1c(nn.Module):
         dilations: tuple[int, int, int, int] = (1, 1, 2, 4),
         contract_dilation: bool = True,
         stem_channels: int = 64,
+        base_width: int = 64,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
@@ -100,7 +104,7 @@ class ResNetV1c(nn.Module):
         for index, (blocks, stride, dilation) in enumerate(
             zip(num_blocks, strides, dilations, strict=True)
         ):
-            planes = 64 * 2**index
+            planes = base_width * 2**index
             first_dilation = dilation // 2 if contract_dilation and dilation > 1 else dilation
             layer, inplanes = _make_stage(
                 block, inplanes, planes, blocks, stride, dilation, first_dilation, norm_layer

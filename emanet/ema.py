@@ -13,6 +13,21 @@ mixture of K bases, which removes noise and carries global context at a cost lin
 (non-local attention is quadratic). No gradient flows through the iterations; the bases that
 start the iterations are a buffer updated with a moving average of the final bases in training.
 
+Two optional properties of the E-step (defaults: mmsegmentation's unit, bit for bit):
+
+* ``inverse_temperature`` ``lambda``: ``Z = softmax_K(lambda * X^T mu)``. Large ``lambda`` makes the
+  assignment harder (k-means in the limit), small makes it softer (one image-wide mean at 0).
+* ``normalize_pixels``: the pixels are L2-normalised over ``C`` before EM, so the E-step compares
+  *directions* (cosine similarity; a von Mises-Fisher mixture with concentration ``lambda``) and the
+  bases are spherical means. Without it the pixels' length acts as a per-pixel inverse temperature
+  that training is free to shrink: nothing differentiable flows through EM, so nothing stops the
+  features feeding the unit from drifting to a scale at which every responsibility is ~1/K.
+
+Under autocast (bf16/fp16) the iterations run in float32 with autocast off and the reconstruction
+is cast back to the input's dtype: the softmax and the normalisations need float32's range (the
+responsibilities normalised over ``N`` pixels sit near fp16's smallest normal), and the unit is a
+small share of the model's FLOPs.
+
 This module follows mmsegmentation's ``EMAModule`` numerically; it is written with ``bmm`` on
 contiguous layouts instead of ``einsum`` because on CPU that is the fastest way to reach the
 matmul floor (see ``benchmarks/bench_ema.py``).
@@ -20,6 +35,7 @@ matmul floor (see ``benchmarks/bench_ema.py``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -57,6 +73,7 @@ def em_iterations(
     num_iterations: int,
     trace: EMTrace | None = None,
     spatial_size: tuple[int, int] | None = None,
+    inverse_temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``num_iterations`` E/M steps (the caller decides about gradients).
 
@@ -67,6 +84,8 @@ def em_iterations(
         num_iterations: ``T >= 1``.
         trace: if given, every iteration's responsibilities and bases are appended to it.
         spatial_size: ``(H, W)`` with ``H * W == N``, used to shape the traced maps.
+        inverse_temperature: ``lambda`` of the E-step ``softmax(lambda * X^T mu)``; at 1.0 no
+            multiplication happens at all (mmsegmentation's unit, bit for bit).
 
     Returns:
         ``(bases, responsibilities)``: the final bases ``(B, C, K)`` and the final E-step's
@@ -82,6 +101,8 @@ def em_iterations(
     for _ in range(num_iterations):
         # E-step: (B, N, C) @ (B, C, K) -> (B, N, K), softmax over the bases.
         torch.bmm(feats_t, bases, out=resp)
+        if inverse_temperature != 1.0:
+            resp.mul_(inverse_temperature)
         torch.softmax(resp, dim=2, out=resp)
         # M-step: (B, C, N) @ (B, N, K) -> (B, C, K). mmsegmentation first divides each column
         # of ``resp`` by its sum over pixels; that per-base scale is undone by the L2
@@ -105,30 +126,45 @@ class EMAttention(nn.Module):
         num_iterations: ``T``, EM iterations (3 in training; may be changed at test time, either
             by setting the attribute or per call).
         momentum: moving-average rate of the bases buffer in training (0.1).
+        inverse_temperature: ``lambda`` of the E-step ``softmax(lambda * X^T mu)`` (1.0, as in
+            mmsegmentation and the paper).
+        normalize_pixels: run EM on L2-normalised pixels (cosine E-step, spherical M-step)
+            instead of the raw features (False, as in mmsegmentation and the paper).
 
     Buffers:
         bases: ``(1, C, K)``, initialised from ``N(0, sqrt(2 / K))`` and L2-normalised over ``C``.
     """
 
     def __init__(
-        self, channels: int, num_bases: int = 64, num_iterations: int = 3, momentum: float = 0.1
+        self,
+        channels: int,
+        num_bases: int = 64,
+        num_iterations: int = 3,
+        momentum: float = 0.1,
+        inverse_temperature: float = 1.0,
+        normalize_pixels: bool = False,
     ) -> None:
         super().__init__()
         if channels < 1 or num_bases < 1 or num_iterations < 1:
             raise ValueError("channels, num_bases and num_iterations must be positive")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        _check_inverse_temperature(inverse_temperature)
         self.channels = channels
         self.num_bases = num_bases
         self.num_iterations = num_iterations
         self.momentum = momentum
+        self.inverse_temperature = float(inverse_temperature)
+        self.normalize_pixels = bool(normalize_pixels)
         bases = torch.empty(1, channels, num_bases).normal_(0.0, math.sqrt(2.0 / num_bases))
         self.register_buffer("bases", F.normalize(bases, dim=1))
 
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, num_bases={self.num_bases}, "
-            f"num_iterations={self.num_iterations}, momentum={self.momentum}"
+            f"num_iterations={self.num_iterations}, momentum={self.momentum}, "
+            f"inverse_temperature={self.inverse_temperature}, "
+            f"normalize_pixels={self.normalize_pixels}"
         )
 
     def forward(
@@ -136,14 +172,19 @@ class EMAttention(nn.Module):
         x: torch.Tensor,
         num_iterations: int | None = None,
         trace: EMTrace | None = None,
+        inverse_temperature: float | None = None,
     ) -> torch.Tensor:
         """Reconstruct ``x`` from ``K`` bases found by EM.
 
         Args:
-            x: ``(B, C, H, W)`` features.
+            x: ``(B, C, H, W)`` features, any floating dtype; under autocast or in bf16/fp16 the
+                iterations run in float32 and the result comes back in ``x.dtype``.
             num_iterations: overrides ``self.num_iterations`` for this call.
             trace: an :class:`EMTrace` to fill with every iteration's responsibilities
-                ``(B, K, H, W)`` and bases ``(B, C, K)``; ``None`` (default) records nothing.
+                ``(B, K, H, W)`` and bases ``(B, C, K)`` (float32 for half inputs); ``None``
+                (default) records nothing.
+            inverse_temperature: overrides ``self.inverse_temperature`` for this call (a what-if
+                at test time; the bases buffer is only updated with the unit's own value).
 
         Returns:
             ``(B, C, H, W)`` reconstruction ``mu Z^T``. It carries no gradient: the unit is a
@@ -153,26 +194,35 @@ class EMAttention(nn.Module):
         if channels != self.channels:
             raise ValueError(f"expected {self.channels} channels, got {channels}")
         steps = self.num_iterations if num_iterations is None else int(num_iterations)
+        if inverse_temperature is None:
+            inverse_temperature = self.inverse_temperature
+        else:
+            _check_inverse_temperature(inverse_temperature)
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4
-        with torch.no_grad():
+        # Half inputs are promoted: see the module docstring. float64 stays float64 (tests).
+        work_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        with torch.no_grad(), _autocast_off(x.device.type):
             if channels_last:
                 feats = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
-                feats = feats.transpose(1, 2)
+                feats = feats.to(work_dtype).transpose(1, 2)
             else:
-                feats = x.reshape(batch, channels, height * width)
-            # The buffer is float32; under autocast the features may be bf16/fp16.
-            bases = self.bases.to(feats.dtype).expand(batch, -1, -1)
+                feats = x.reshape(batch, channels, height * width).to(work_dtype)
+            if self.normalize_pixels:
+                feats = F.normalize(feats, dim=1)
+            bases = self.bases.to(work_dtype).expand(batch, -1, -1)
             if trace is not None:
                 trace.initial_bases = bases.clone()
-            bases, resp = em_iterations(feats, bases, steps, trace, (height, width))
+            bases, resp = em_iterations(
+                feats, bases, steps, trace, (height, width), float(inverse_temperature)
+            )
             if self.training:
                 self._update_bases(bases)
             if channels_last:
                 # (B, N, K) @ (B, K, C) -> (B, N, C), returned as a channels_last view.
-                recon = torch.bmm(resp, bases.transpose(1, 2))
+                recon = torch.bmm(resp, bases.transpose(1, 2)).to(x.dtype)
                 return recon.view(batch, height, width, channels).permute(0, 3, 1, 2)
             # (B, C, K) @ (B, K, N) -> (B, C, N)
-            recon = torch.bmm(bases, resp.transpose(1, 2))
+            recon = torch.bmm(bases, resp.transpose(1, 2)).to(x.dtype)
             return recon.view(batch, channels, height, width)
 
     def _update_bases(self, bases: torch.Tensor) -> None:
@@ -188,3 +238,15 @@ class EMAttention(nn.Module):
             new = new / dist.get_world_size()
         new = F.normalize(new, dim=1)
         self.bases.mul_(1.0 - self.momentum).add_(new, alpha=self.momentum)
+
+
+def _check_inverse_temperature(value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"inverse_temperature must be a positive number, got {value!r}")
+
+
+def _autocast_off(device_type: str):
+    """A context that disables autocast on ``device_type`` (a no-op where autocast is unknown)."""
+    is_available = getattr(torch.amp, "is_autocast_available", None)
+    known = is_available(device_type) if is_available else device_type in ("cpu", "cuda")
+    return torch.autocast(device_type, enabled=False) if known else contextlib.nullcontext()

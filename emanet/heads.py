@@ -98,12 +98,21 @@ class EMAHead(_ClassifierMixin):
         num_classes: int = 19,
         dropout: float = 0.1,
         concat_input: bool = True,
+        inverse_temperature: float = 1.0,
+        normalize_pixels: bool = False,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.concat_input = concat_input
-        self.ema_module = EMAttention(ema_channels, num_bases, num_iterations, momentum)
+        self.ema_module = EMAttention(
+            ema_channels,
+            num_bases,
+            num_iterations,
+            momentum,
+            inverse_temperature=inverse_temperature,
+            normalize_pixels=normalize_pixels,
+        )
         self.ema_in_conv = ConvModule(
             in_channels, ema_channels, 3, padding=1, norm_layer=norm_layer
         )
@@ -120,13 +129,22 @@ class EMAHead(_ClassifierMixin):
         self._init_classifier(channels, num_classes, dropout)
 
     def forward(
-        self, x: torch.Tensor, num_iterations: int | None = None, trace: EMTrace | None = None
+        self,
+        x: torch.Tensor,
+        num_iterations: int | None = None,
+        trace: EMTrace | None = None,
+        inverse_temperature: float | None = None,
     ) -> torch.Tensor:
         """``(B, in_channels, h, w) -> (B, num_classes, h, w)``; see :class:`EMAttention`."""
         feats = self.ema_in_conv(x)
         identity = feats
         feats = self.ema_mid_conv(feats)
-        recon = self.ema_module(feats, num_iterations=num_iterations, trace=trace)
+        recon = self.ema_module(
+            feats,
+            num_iterations=num_iterations,
+            trace=trace,
+            inverse_temperature=inverse_temperature,
+        )
         recon = self.ema_out_conv(F.relu(recon))
         out = self.bottleneck(F.relu(identity + recon))
         if self.concat_input:

@@ -20,12 +20,18 @@ class ModelPreset:
     Attributes:
         name: mmsegmentation config name (or ours for the small preset).
         depth: ResNetV1c depth.
-        stem_channels: backbone stem width (64 for every ResNet here).
+        stem_channels: backbone stem width (64 for every official ResNet).
+        base_width: channels of the backbone's first stage, doubled per stage (64 for every
+            official ResNet).
         head_channels: decode/auxiliary head width (``channels`` in mmseg, 256).
         ema_channels: channels of the EM unit (512).
         num_bases: ``K``.
         num_iterations: ``T`` (EM stages).
         momentum: bases moving-average rate.
+        inverse_temperature: ``lambda`` of the EM unit's E-step ``softmax(lambda * X^T mu)``
+            (1.0: mmsegmentation's and the paper's unit).
+        normalize_pixels: the EM unit works on L2-normalised pixels, a cosine E-step (False:
+            mmsegmentation's and the paper's unit). See :mod:`emanet.ema`.
         num_classes: 19 Cityscapes train classes.
         crop_size: training crop ``(h, w)``; also the slide window.
         train_scale: ``(long, short)`` scale of the random resize in training, mmseg's
@@ -48,11 +54,14 @@ class ModelPreset:
     align_corners: bool
     slide_stride: tuple[int, int] = (513, 513)
     stem_channels: int = 64
+    base_width: int = 64
     head_channels: int = 256
     ema_channels: int = 512
     num_bases: int = 64
     num_iterations: int = 3
     momentum: float = 0.1
+    inverse_temperature: float = 1.0
+    normalize_pixels: bool = False
     num_classes: int = 19
     aux_weight: float = 0.4
     dropout: float = 0.1

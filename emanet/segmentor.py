@@ -66,7 +66,10 @@ class EMANet(nn.Module):
         self.ignore_index = ignore_index
         self.align_corners = preset.align_corners
         self.backbone = ResNetV1c(
-            preset.depth, stem_channels=preset.stem_channels, norm_layer=norm_layer
+            preset.depth,
+            stem_channels=preset.stem_channels,
+            base_width=preset.base_width,
+            norm_layer=norm_layer,
         )
         c3, c4 = self.backbone.out_channels[2:]
         self.decode_head = EMAHead(
@@ -78,6 +81,8 @@ class EMANet(nn.Module):
             momentum=preset.momentum,
             num_classes=preset.num_classes,
             dropout=preset.dropout,
+            inverse_temperature=preset.inverse_temperature,
+            normalize_pixels=preset.normalize_pixels,
             norm_layer=norm_layer,
         )
         self.auxiliary_head = FCNHead(
@@ -107,14 +112,20 @@ class EMANet(nn.Module):
         images: torch.Tensor,
         num_iterations: int | None = None,
         trace: EMTrace | None = None,
+        inverse_temperature: float | None = None,
     ) -> torch.Tensor:
         """Decode-head logits at the input resolution: ``(B, 3, H, W) -> (B, classes, H, W)``.
 
-        ``images`` are normalised (ImageNet mean/std on 0-255 RGB). ``num_iterations`` and
-        ``trace`` are passed to the EM unit.
+        ``images`` are normalised (ImageNet mean/std on 0-255 RGB). ``num_iterations``,
+        ``trace`` and ``inverse_temperature`` are passed to the EM unit.
         """
         feats = self.backbone(images)
-        logits = self.decode_head(feats[3], num_iterations=num_iterations, trace=trace)
+        logits = self.decode_head(
+            feats[3],
+            num_iterations=num_iterations,
+            trace=trace,
+            inverse_temperature=inverse_temperature,
+        )
         return self._resize(logits, images.shape[-2:])
 
     def forward_train(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -137,7 +148,10 @@ class EMANet(nn.Module):
         }
 
     def slide_inference(
-        self, images: torch.Tensor, num_iterations: int | None = None
+        self,
+        images: torch.Tensor,
+        num_iterations: int | None = None,
+        inverse_temperature: float | None = None,
     ) -> torch.Tensor:
         """Logits averaged over the preset's overlapping windows (slide mode).
 
@@ -149,7 +163,9 @@ class EMANet(nn.Module):
         windows = slide_windows(height, width, self.preset.crop_size, self.preset.slide_stride)
         for y1, y2, x1, x2 in windows:
             logits[:, :, y1:y2, x1:x2] += self(
-                images[:, :, y1:y2, x1:x2], num_iterations=num_iterations
+                images[:, :, y1:y2, x1:x2],
+                num_iterations=num_iterations,
+                inverse_temperature=inverse_temperature,
             )
             counts[:, :, y1:y2, x1:x2] += 1
         return logits / counts
@@ -163,6 +179,7 @@ class EMANet(nn.Module):
         aug_test: bool = False,
         ratios: Sequence[float] = AUG_TEST_RATIOS,
         flip: bool = True,
+        inverse_temperature: float | None = None,
     ) -> torch.Tensor:
         """Test-time prediction scores at the input resolution.
 
@@ -172,6 +189,7 @@ class EMANet(nn.Module):
             num_iterations: EM iterations ``T`` at test time (default: the trained ``T``).
             trace: fill an :class:`EMTrace` (whole mode, single scale only).
             aug_test: multi-scale (``ratios`` of the input size) and flip test.
+            inverse_temperature: the EM unit's ``lambda`` for this call (default: the model's).
 
         Returns:
             ``(B, classes, H, W)``: logits, or with ``aug_test`` the log of the softmax
@@ -186,8 +204,13 @@ class EMANet(nn.Module):
 
         def single(x: torch.Tensor) -> torch.Tensor:
             if mode == "slide":
-                return self.slide_inference(x, num_iterations)
-            return self(x, num_iterations=num_iterations, trace=trace)
+                return self.slide_inference(x, num_iterations, inverse_temperature)
+            return self(
+                x,
+                num_iterations=num_iterations,
+                trace=trace,
+                inverse_temperature=inverse_temperature,
+            )
 
         if not aug_test:
             return single(images)

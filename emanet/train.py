@@ -36,6 +36,7 @@ from .checkpoint import atomic_save, load_checkpoint, save_checkpoint
 from .data.cityscapes import CLASSES, PALETTE, CityscapesDataset
 from .data.transforms import TestTransform, TrainTransform
 from .evaluate import IoUMetric
+from .precision import autocast, check_precision, default_precision
 from .presets import get_preset
 from .segmentor import EMANet, build_model
 
@@ -76,7 +77,9 @@ class TrainConfig:
     init: str | None = None
     resume: bool = False
     device: str | None = None
-    amp: bool = True
+    # None: bf16 autocast on CUDA, fp32 elsewhere (see emanet.precision).
+    precision: str | None = None
+    channels_last: bool = False
     snapshot_bases: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -234,6 +237,9 @@ def train(config: TrainConfig, progress: bool = True) -> tuple[EMANet, dict]:
     elif world > 1:
         log.info("CPU/gloo run: SyncBatchNorm needs CUDA, BatchNorm statistics stay per process")
     model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    precision = check_precision(config.precision or default_precision(device), device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -312,7 +318,6 @@ def train(config: TrainConfig, progress: bool = True) -> tuple[EMANet, dict]:
             bases = _unwrap(net).em_unit.bases.detach().cpu().clone()
             atomic_save(bases, work_dir / "bases" / f"iter_{iteration:07d}.pth")
 
-    use_amp = config.amp and device.type == "cuda"
     last_val: dict = {}
     bar = tqdm(
         total=config.iters,
@@ -331,11 +336,13 @@ def train(config: TrainConfig, progress: bool = True) -> tuple[EMANet, dict]:
     while iteration < config.iters:
         images, labels = next(data_iter)
         images = images.to(device, non_blocking=True)
+        if config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
         lr = poly_lr(iteration, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with autocast(precision, device):
             losses = net(images, labels)
         loss = losses["loss"]
         if not torch.isfinite(loss).item():
@@ -427,7 +434,16 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--init", help="initial weights: path, URL or zoo name (non-strict)")
     parser.add_argument("--resume", action="store_true", help="continue from work-dir/latest.pth")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    parser.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        help="autocast precision (default: bf16 on CUDA, fp32 on CPU)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels_last memory format (faster convolutions on CPU and on GPUs in bf16)",
+    )
     parser.add_argument(
         "--snapshot-bases",
         action="store_true",
@@ -456,7 +472,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         init=args.init,
         resume=args.resume,
         device=args.device,
-        amp=not args.no_amp,
+        precision=args.precision,
+        channels_last=args.channels_last,
         snapshot_bases=args.snapshot_bases,
     )
 
