@@ -21,7 +21,7 @@ import torch
 
 from .ema import EMTrace
 
-__all__ = ["AttentionStats", "attention_stats", "trace_stats"]
+__all__ = ["AttentionStats", "attention_stats", "trace_stats", "measure_attention"]
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,34 @@ def trace_stats(trace: EMTrace, iteration: int = -1, min_share: float = 0.02):
     if not trace.responsibilities:
         raise ValueError("the trace is empty: run the model with trace=EMTrace()")
     return attention_stats(trace.responsibilities[iteration], trace.bases[iteration], min_share)
+
+
+def measure_attention(
+    segmenter,
+    images,
+    num_iterations: int | None = None,
+    inverse_temperature: float | None = None,
+    min_share: float = 0.02,
+) -> dict[str, float]:
+    """Mean of each measure over ``images`` segmented by ``segmenter`` (a
+    :class:`emanet.Segmenter`), at ``num_iterations`` EM iterations (default: the model's) and
+    the unit's own or a given ``inverse_temperature``; the measures of the last iteration.
+
+    Returns ``{"entropy", "max_responsibility", "active_bases", "mean_abs_cos", "images"}``.
+    """
+    rows = []
+    for image in images:
+        result = segmenter(
+            image,
+            trace=True,
+            num_iterations=num_iterations,
+            inverse_temperature=inverse_temperature,
+        )
+        rows.extend(trace_stats(result.trace, min_share=min_share))
+    if not rows:
+        raise ValueError("no images to measure")
+    means = {
+        name: sum(getattr(row, name) for row in rows) / len(rows)
+        for name in ("entropy", "max_responsibility", "active_bases", "mean_abs_cos")
+    }
+    return {**means, "images": len(rows)}

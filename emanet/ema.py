@@ -17,11 +17,15 @@ Two optional properties of the E-step (defaults: mmsegmentation's unit, bit for 
 
 * ``inverse_temperature`` ``lambda``: ``Z = softmax_K(lambda * X^T mu)``. Large ``lambda`` makes the
   assignment harder (k-means in the limit), small makes it softer (one image-wide mean at 0).
-* ``normalize_pixels``: the pixels are L2-normalised over ``C`` before EM, so the E-step compares
-  *directions* (cosine similarity; a von Mises-Fisher mixture with concentration ``lambda``) and the
-  bases are spherical means. Without it the pixels' length acts as a per-pixel inverse temperature
-  that training is free to shrink: nothing differentiable flows through EM, so nothing stops the
-  features feeding the unit from drifting to a scale at which every responsibility is ~1/K.
+* ``centered_cosine``: before EM, the image's mean feature is subtracted from every pixel and each
+  pixel is L2-normalised over ``C``, so the E-step compares *directions* relative to the image
+  (``softmax(lambda * cos(x_n - mean, mu_k))``: a von Mises-Fisher mixture with concentration
+  ``lambda``) and the bases are spherical means. Why: nothing differentiable flows through EM, so
+  nothing in training keeps the features fed to the unit in a shape where the E-step is sharp.
+  Their length acts as a per-pixel inverse temperature that weight decay is free to shrink, and
+  after ReLU and the frozen 1x1 ``ema_mid_conv`` (whose bias, meant to centre them, stays at its
+  zero initialisation) they share a large common component, so every pixel is closest to the same
+  few bases. Centring and normalising remove both, and ``lambda`` then sets the sharpness.
 
 Under autocast (bf16/fp16) the iterations run in float32 with autocast off and the reconstruction
 is cast back to the input's dtype: the softmax and the normalisations need float32's range (the
@@ -128,8 +132,9 @@ class EMAttention(nn.Module):
         momentum: moving-average rate of the bases buffer in training (0.1).
         inverse_temperature: ``lambda`` of the E-step ``softmax(lambda * X^T mu)`` (1.0, as in
             mmsegmentation and the paper).
-        normalize_pixels: run EM on L2-normalised pixels (cosine E-step, spherical M-step)
-            instead of the raw features (False, as in mmsegmentation and the paper).
+        centered_cosine: run EM on the pixels centred on the image's mean feature and
+            L2-normalised (cosine E-step, spherical M-step) instead of the raw features (False,
+            as in mmsegmentation and the paper). See the module docstring.
 
     Buffers:
         bases: ``(1, C, K)``, initialised from ``N(0, sqrt(2 / K))`` and L2-normalised over ``C``.
@@ -142,7 +147,7 @@ class EMAttention(nn.Module):
         num_iterations: int = 3,
         momentum: float = 0.1,
         inverse_temperature: float = 1.0,
-        normalize_pixels: bool = False,
+        centered_cosine: bool = False,
     ) -> None:
         super().__init__()
         if channels < 1 or num_bases < 1 or num_iterations < 1:
@@ -155,7 +160,7 @@ class EMAttention(nn.Module):
         self.num_iterations = num_iterations
         self.momentum = momentum
         self.inverse_temperature = float(inverse_temperature)
-        self.normalize_pixels = bool(normalize_pixels)
+        self.centered_cosine = bool(centered_cosine)
         bases = torch.empty(1, channels, num_bases).normal_(0.0, math.sqrt(2.0 / num_bases))
         self.register_buffer("bases", F.normalize(bases, dim=1))
 
@@ -164,7 +169,7 @@ class EMAttention(nn.Module):
             f"channels={self.channels}, num_bases={self.num_bases}, "
             f"num_iterations={self.num_iterations}, momentum={self.momentum}, "
             f"inverse_temperature={self.inverse_temperature}, "
-            f"normalize_pixels={self.normalize_pixels}"
+            f"centered_cosine={self.centered_cosine}"
         )
 
     def forward(
@@ -207,8 +212,8 @@ class EMAttention(nn.Module):
                 feats = feats.to(work_dtype).transpose(1, 2)
             else:
                 feats = x.reshape(batch, channels, height * width).to(work_dtype)
-            if self.normalize_pixels:
-                feats = F.normalize(feats, dim=1)
+            if self.centered_cosine:
+                feats = F.normalize(feats - feats.mean(dim=2, keepdim=True), dim=1)
             bases = self.bases.to(work_dtype).expand(batch, -1, -1)
             if trace is not None:
                 trace.initial_bases = bases.clone()

@@ -409,6 +409,7 @@ def evaluate_segmenter(
     mode: str | None = None,
     aug_test: bool = False,
     num_iterations: int | None = None,
+    inverse_temperature: float | None = None,
     max_images: int | None = None,
     save_pred: str | Path | None = None,
     cityscapes_format: str | Path | None = None,
@@ -434,7 +435,13 @@ def evaluate_segmenter(
         image_path = dataset.images[index]
         _, label = dataset[index]
         target = np.asarray(label, dtype=np.int64)
-        result = segmenter(image_path, mode=mode, aug_test=aug_test, num_iterations=num_iterations)
+        result = segmenter(
+            image_path,
+            mode=mode,
+            aug_test=aug_test,
+            num_iterations=num_iterations,
+            inverse_temperature=inverse_temperature,
+        )
         if result.labels.shape != target.shape:
             raise ValueError(
                 f"{image_path}: prediction {result.labels.shape} and label {target.shape} differ"

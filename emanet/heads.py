@@ -99,7 +99,7 @@ class EMAHead(_ClassifierMixin):
         dropout: float = 0.1,
         concat_input: bool = True,
         inverse_temperature: float = 1.0,
-        normalize_pixels: bool = False,
+        centered_cosine: bool = False,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
@@ -111,7 +111,7 @@ class EMAHead(_ClassifierMixin):
             num_iterations,
             momentum,
             inverse_temperature=inverse_temperature,
-            normalize_pixels=normalize_pixels,
+            centered_cosine=centered_cosine,
         )
         self.ema_in_conv = ConvModule(
             in_channels, ema_channels, 3, padding=1, norm_layer=norm_layer

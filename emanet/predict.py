@@ -170,6 +170,7 @@ class Segmenter:
         mode: str | None = None,
         return_probabilities: bool = False,
         max_size: int | None = None,
+        inverse_temperature: float | None = None,
     ) -> Prediction:
         """Segment one image (path, bytes, PIL image or array of any mode).
 
@@ -179,6 +180,8 @@ class Segmenter:
             aug_test: multi-scale + flip test (the model card's ms+flip).
             mode: ``"whole"`` or ``"slide"`` (default: the preset's).
             max_size: shrink the image first so that its longer side is at most this.
+            inverse_temperature: the EM unit's ``lambda`` for this call (default: the model's
+                own; see :class:`emanet.EMAttention`).
         """
         picture = load_image(image)
         if max_size is not None and max(picture.size) > max_size:
@@ -188,7 +191,12 @@ class Segmenter:
         x = self.preprocess(picture)
         em_trace = EMTrace() if trace else None
         logits = self._net.inference(
-            x, mode=mode, num_iterations=num_iterations, trace=em_trace, aug_test=aug_test
+            x,
+            mode=mode,
+            num_iterations=num_iterations,
+            trace=em_trace,
+            aug_test=aug_test,
+            inverse_temperature=inverse_temperature,
         )
         size = (picture.height, picture.width)
         logits = F.interpolate(

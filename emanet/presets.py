@@ -30,8 +30,9 @@ class ModelPreset:
         momentum: bases moving-average rate.
         inverse_temperature: ``lambda`` of the EM unit's E-step ``softmax(lambda * X^T mu)``
             (1.0: mmsegmentation's and the paper's unit).
-        normalize_pixels: the EM unit works on L2-normalised pixels, a cosine E-step (False:
-            mmsegmentation's and the paper's unit). See :mod:`emanet.ema`.
+        centered_cosine: the EM unit works on pixels centred on the image's mean feature and
+            L2-normalised, a cosine E-step (False: mmsegmentation's and the paper's unit). See
+            :mod:`emanet.ema`.
         num_classes: 19 Cityscapes train classes.
         crop_size: training crop ``(h, w)``; also the slide window.
         train_scale: ``(long, short)`` scale of the random resize in training, mmseg's
@@ -61,7 +62,7 @@ class ModelPreset:
     num_iterations: int = 3
     momentum: float = 0.1
     inverse_temperature: float = 1.0
-    normalize_pixels: bool = False
+    centered_cosine: bool = False
     num_classes: int = 19
     aux_weight: float = 0.4
     dropout: float = 0.1

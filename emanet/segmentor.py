@@ -82,7 +82,7 @@ class EMANet(nn.Module):
             num_classes=preset.num_classes,
             dropout=preset.dropout,
             inverse_temperature=preset.inverse_temperature,
-            normalize_pixels=preset.normalize_pixels,
+            centered_cosine=preset.centered_cosine,
             norm_layer=norm_layer,
         )
         self.auxiliary_head = FCNHead(

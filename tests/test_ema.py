@@ -168,3 +168,131 @@ def test_bases_identical_across_two_gloo_processes(tmp_path):
     new = F.normalize((mus[0] + mus[1]) / 2, dim=1)
     torch.testing.assert_close(b0.double(), 0.9 * start + 0.1 * new, rtol=1e-5, atol=1e-6)
     assert math.isclose(float(b0.norm(dim=1).mean()), 1.0, rel_tol=0.05)
+
+
+# --- inverse temperature, centred cosine E-step, mixed precision ----------------------------
+
+
+def reference_em_variant(x, bases, steps, lam=1.0, centered_cosine=False):
+    """The paper's EM with ``softmax(lam * X^T mu)`` and, optionally, on centred unit pixels."""
+    b, c, h, w = x.shape
+    feats = x.reshape(b, c, h * w)
+    if centered_cosine:
+        feats = feats - feats.mean(dim=2, keepdim=True)
+        feats = feats / feats.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    mu = bases.repeat(b, 1, 1)
+    for _ in range(steps):
+        z = F.softmax(lam * torch.einsum("bcn,bck->bnk", feats, mu), dim=2)
+        mu = torch.einsum("bcn,bnk->bck", feats, z / z.sum(dim=1, keepdim=True))
+        mu = mu / mu.norm(dim=1, keepdim=True)
+    return torch.einsum("bck,bnk->bcn", mu, z).reshape(b, c, h, w), mu, z
+
+
+def _unit_as_of_1392e09(x, bases, steps):
+    """The unit's code before inverse temperature existed: lambda = 1 must be this, bit for bit."""
+    b, c, h, w = x.shape
+    feats = x.reshape(b, c, h * w)
+    mu = bases.expand(b, -1, -1)
+    resp = feats.new_empty(b, h * w, mu.shape[2])
+    for _ in range(steps):
+        torch.bmm(feats.transpose(1, 2), mu, out=resp)
+        torch.softmax(resp, dim=2, out=resp)
+        mu = F.normalize(torch.bmm(feats, resp), dim=1)
+    return torch.bmm(mu, resp.transpose(1, 2)).view(b, c, h, w)
+
+
+def test_default_unit_is_bit_identical_to_the_unit_before_inverse_temperature():
+    unit = EMAttention(32, num_bases=8).eval()
+    x = torch.randn(2, 32, 6, 5) * 4
+    expected = _unit_as_of_1392e09(x, unit.bases, 3)
+    assert torch.equal(unit(x), expected)
+    assert torch.equal(unit(x, inverse_temperature=1.0), expected)
+
+
+@pytest.mark.parametrize(
+    ("lam", "centered"), [(0.25, False), (3.0, False), (0.25, True), (3.0, True), (40.0, True)]
+)
+def test_inverse_temperature_and_centered_cosine_match_reference(lam, centered):
+    unit = EMAttention(16, 8, inverse_temperature=lam, centered_cosine=centered).double().eval()
+    x = torch.randn(2, 16, 5, 7, dtype=torch.float64) * 2 + 1
+    expected, mu, z = reference_em_variant(x, unit.bases, 3, lam, centered)
+    torch.testing.assert_close(unit(x), expected, rtol=1e-9, atol=1e-10)
+    # channels_last runs the same computation
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(unit(x_cl), expected, rtol=1e-9, atol=1e-10)
+    # a per-call override equals a unit built with that value
+    plain = EMAttention(16, 8, centered_cosine=centered).double().eval()
+    plain.bases.copy_(unit.bases)
+    torch.testing.assert_close(plain(x, inverse_temperature=lam), expected, rtol=1e-9, atol=1e-10)
+
+
+def test_larger_inverse_temperature_sharpens_responsibilities():
+    unit = EMAttention(16, 8, centered_cosine=True).double().eval()
+    x = torch.randn(1, 16, 8, 8, dtype=torch.float64)
+    entropies = []
+    for lam in (1.0, 10.0, 100.0):
+        trace = EMTrace()
+        unit(x, trace=trace, inverse_temperature=lam)
+        z = trace.responsibilities[-1]
+        entropies.append(float(-(z * z.clamp_min(1e-300).log()).sum(dim=1).mean()))
+    assert entropies[0] > entropies[1] > entropies[2]
+
+
+def test_centered_cosine_ignores_feature_scale_and_common_offset():
+    unit = EMAttention(16, 8, inverse_temperature=20.0, centered_cosine=True).double().eval()
+    x = torch.randn(1, 16, 6, 6, dtype=torch.float64)
+    offset = torch.randn(1, 16, 1, 1, dtype=torch.float64) * 5
+    trace_a, trace_b = EMTrace(), EMTrace()
+    unit(x, trace=trace_a)
+    unit(0.01 * x + offset, trace=trace_b)
+    torch.testing.assert_close(trace_b.responsibilities[-1], trace_a.responsibilities[-1])
+
+
+def test_invalid_inverse_temperature():
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="inverse_temperature"):
+            EMAttention(8, inverse_temperature=bad)
+        with pytest.raises(ValueError, match="inverse_temperature"):
+            EMAttention(8)(torch.randn(1, 8, 2, 2), inverse_temperature=bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_features_with_float32_bases_run_in_float32(dtype):
+    unit = EMAttention(32, num_bases=8, inverse_temperature=5.0, centered_cosine=True).eval()
+    x = torch.randn(2, 32, 6, 6)
+    expected = unit(x)
+    trace = EMTrace()
+    y = unit(x.to(dtype), trace=trace)
+    assert y.dtype == dtype
+    assert trace.responsibilities[-1].dtype == torch.float32
+    assert trace.bases[-1].dtype == torch.float32
+    # only the input's rounding differs from the float32 run
+    torch.testing.assert_close(y.float(), expected, rtol=0.05, atol=0.02)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_autocast_dtype_mix_reproduced_on_cpu(monkeypatch, dtype):
+    # CUDA autocast runs F.normalize in float32 while bmm runs in bf16/fp16: the unit used to
+    # crash there ("Expected out tensor to have dtype float, but got BFloat16") because the
+    # bases turned float32 after the first M-step and met a half `out=` buffer. CPU autocast
+    # keeps normalize in bf16, so simulate CUDA's policy for it and run under CPU autocast.
+    import emanet.ema as ema_module
+
+    real_normalize = F.normalize
+
+    def normalize_in_float32(tensor, *args, **kwargs):
+        return real_normalize(tensor.float(), *args, **kwargs)
+
+    monkeypatch.setattr(ema_module.F, "normalize", normalize_in_float32)
+    unit = EMAttention(32, num_bases=8).train()
+    same = EMAttention(32, num_bases=8).train()
+    same.bases.copy_(unit.bases)
+    x = torch.randn(2, 32, 5, 5).to(dtype)
+    with torch.autocast("cpu", dtype=dtype):
+        y = unit(x)
+    assert y.dtype == dtype
+    assert unit.bases.dtype == torch.float32
+    # the same update as a float32 run on the same (rounded) features
+    monkeypatch.setattr(ema_module.F, "normalize", real_normalize)
+    same(x.float())
+    torch.testing.assert_close(unit.bases, same.bases, rtol=1e-5, atol=1e-6)
