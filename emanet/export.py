@@ -1,0 +1,260 @@
+"""ONNX export of an :class:`~emanet.segmentor.EMANet`: one whole-image forward pass, EM unrolled.
+
+The file computes ``logits = model(images)``:
+
+* input ``images``: ``(B, 3, H, W)`` float32, RGB on the 0-255 scale normalised with the
+  ImageNet mean/std (the ``mean``/``std`` metadata), already resized to the test scale;
+* output ``logits``: ``(B, num_classes, H, W)`` float32 at the input resolution (argmax over
+  dim 1 gives trainIds).
+
+The EM iterations are a Python loop in :mod:`emanet.ema`; the exporter traces it, so the graph
+holds ``T`` unrolled E/M steps (``T`` fixed at export; ``num_iterations`` in the metadata). The
+unit itself is exported as it is, through ``torch.export`` (the dynamo-based ``torch.onnx``
+exporter), which turns its ``out=``/in-place calls and its autocast guard into plain graph
+nodes; the TorchScript exporter cannot translate ``bmm(..., out=)``. With ``dynamic=True`` the
+batch, height and width axes are symbolic (``batch``, ``height``, ``width``); otherwise the
+file accepts only the exported shape.
+
+Slide inference (the 769x769 presets' test mode) is not a single forward pass: how many windows
+there are and where they sit depends on the image size, and overlapping logits are averaged.
+It is refused with that explanation; export ``mode="whole"`` (the network on one window) and
+slide the windows in the runtime (:func:`emanet.segmentor.slide_windows` gives them).
+
+Metadata (``metadata_props``, strings; onnxruntime shows them as
+``session.get_modelmeta().custom_metadata_map``): ``preset``, ``preset_config`` (JSON),
+``num_iterations``, ``inverse_temperature``, ``normalize_pixels``, ``classes``, ``palette``,
+``mean``, ``std`` (JSON), ``test_scale``, ``align_corners``, ``input``, ``output``,
+``emanet_version``.
+
+Needs the ``export`` extra (``pip install 'emanet[export]'``: onnx, onnxscript, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .atomicfile import atomic_write
+from .data.cityscapes import CLASSES, PALETTE
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .presets import ModelPreset, test_input_size
+from .segmentor import EMANet
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "ExportError",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "default_export_size",
+    "export_onnx",
+    "onnxruntime_difference",
+]
+
+log = logging.getLogger(__name__)
+
+#: ONNX opset of the exported files (onnxruntime >= 1.14 runs it).
+DEFAULT_OPSET = 18
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+# The backbone downsamples by 8: smaller inputs give a 1x1 (or empty) feature map.
+_MIN_SIDE = 16
+
+
+class ExportError(ValueError):
+    """A model, option or environment that cannot be exported; the message says why."""
+
+
+def default_export_size(preset: ModelPreset) -> tuple[int, int]:
+    """``(H, W)`` one forward pass sees at the preset's test setting.
+
+    Whole-mode presets: a Cityscapes frame after the test resize (1024x2048 for the official
+    512x1024 presets, 256x512 for the small one). Slide presets (exported in whole mode): one
+    window, the crop size (769x769).
+    """
+    if preset.test_mode == "slide":
+        return tuple(preset.crop_size)
+    return test_input_size(preset)
+
+
+def _require_exporter() -> None:
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(
+            f"ONNX export needs {' and '.join(missing)} (torch.onnx's exporter uses them): "
+            "pip install 'emanet[export]'"
+        )
+
+
+def _check_mode(model: EMANet, mode: str | None) -> str:
+    mode = mode or model.preset.test_mode
+    if mode == "slide":
+        crop_h, crop_w = model.preset.crop_size
+        stride_h, stride_w = model.preset.slide_stride
+        raise ExportError(
+            f"{model.preset.name} tests in slide mode, which cannot be exported as one graph: "
+            f"the number and placement of its {crop_h}x{crop_w} windows (stride "
+            f"{stride_h}x{stride_w}) depend on the image size, and overlapping logits are "
+            "averaged. Export the network on one window with mode='whole' (CLI: --mode whole; "
+            f"default size {crop_h}x{crop_w}) and slide the windows in your runtime "
+            "(emanet.segmentor.slide_windows lists them)."
+        )
+    if mode != "whole":
+        raise ExportError(f"mode must be 'whole' or 'slide', got {mode!r}")
+    return mode
+
+
+def _metadata(
+    net: EMANet,
+    classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    num_iterations: int,
+) -> dict[str, str]:
+    from . import __version__
+
+    preset = net.preset
+    unit = net.em_unit
+    return {
+        "preset": preset.name,
+        "preset_config": json.dumps(dataclasses.asdict(preset)),
+        "num_iterations": str(num_iterations),
+        "inverse_temperature": repr(float(unit.inverse_temperature)),
+        "normalize_pixels": str(bool(unit.normalize_pixels)).lower(),
+        "classes": json.dumps(list(classes)),
+        "palette": json.dumps([list(map(int, c)) for c in palette]),
+        "mean": json.dumps(list(IMAGENET_MEAN)),
+        "std": json.dumps(list(IMAGENET_STD)),
+        "test_scale": json.dumps(list(preset.test_scale)),
+        "align_corners": str(bool(preset.align_corners)).lower(),
+        "input": f"{INPUT_NAME}: (B, 3, H, W) float32, RGB 0-255 minus mean, divided by std",
+        "output": f"{OUTPUT_NAME}: (B, {preset.num_classes}, H, W) float32; argmax(1) = trainIds",
+        "emanet_version": __version__,
+    }
+
+
+def export_onnx(
+    model: EMANet,
+    path: str | os.PathLike[str],
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    batch_size: int = 1,
+    dynamic: bool = False,
+    num_iterations: int | None = None,
+    mode: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    classes: Sequence[str] = CLASSES,
+    palette: Sequence[Sequence[int]] = PALETTE,
+) -> Path:
+    """Write ``model``'s whole-image forward pass as an ONNX file (atomically).
+
+    Args:
+        model: the network (left untouched: an eval-mode float32 CPU copy is exported).
+        path: the ``.onnx`` file to write.
+        height, width: input size of the example (and, without ``dynamic``, the only size the
+            file accepts); default :func:`default_export_size`.
+        batch_size: batch of the example (the only batch without ``dynamic``).
+        dynamic: symbolic batch, height and width axes.
+        num_iterations: EM iterations ``T`` unrolled into the graph (default: the model's).
+        mode: ``"whole"``; ``"slide"`` (a slide preset's default) raises :class:`ExportError`.
+        opset: ONNX opset version.
+        classes, palette: class names and colours recorded in the metadata.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ExportError: slide mode, bad sizes or iterations, or the exporter's packages missing.
+    """
+    _check_mode(model, mode)
+    steps = model.em_unit.num_iterations if num_iterations is None else int(num_iterations)
+    if steps < 1:
+        raise ExportError(f"num_iterations must be >= 1, got {steps}")
+    default_h, default_w = default_export_size(model.preset)
+    height, width = height or default_h, width or default_w
+    if min(height, width) < _MIN_SIDE or batch_size < 1:
+        raise ExportError(
+            f"export size must be at least {_MIN_SIDE}x{_MIN_SIDE} with batch >= 1, got "
+            f"{batch_size}x{height}x{width}"
+        )
+    if len(classes) != model.num_classes or len(palette) != len(classes):
+        raise ExportError(
+            f"{len(classes)} class names and {len(palette)} colours for a model with "
+            f"{model.num_classes} classes"
+        )
+    _require_exporter()
+
+    net = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    net.em_unit.num_iterations = steps
+    example = torch.zeros(batch_size, 3, height, width)
+    dynamic_shapes = None
+    if dynamic:
+        dim = torch.export.Dim
+        dynamic_shapes = {
+            # The forward's argument is called ``images``.
+            "images": {
+                0: dim("batch", min=1, max=4096),
+                2: dim("height", min=_MIN_SIDE, max=16384),
+                3: dim("width", min=_MIN_SIDE, max=16384),
+            }
+        }
+    log.info(
+        "exporting %s (T=%d, %s %dx%dx%d) to ONNX opset %d",
+        model.preset.name,
+        steps,
+        "dynamic, example" if dynamic else "static",
+        batch_size,
+        height,
+        width,
+        opset,
+    )
+    with torch.no_grad():
+        program = torch.onnx.export(
+            net,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamic_shapes=dynamic_shapes,
+            verbose=False,
+        )
+    program.model.metadata_props.update(_metadata(net, classes, palette, steps))
+    program.model.doc_string = (
+        f"EMANet {model.preset.name}, EM attention with T={steps} unrolled iterations. "
+        f"{INPUT_NAME} (B, 3, H, W) normalised float32 -> {OUTPUT_NAME} "
+        f"(B, {model.num_classes}, H, W)."
+    )
+    return atomic_write(path, lambda tmp: program.save(tmp, external_data=False))
+
+
+def onnxruntime_difference(
+    model: EMANet,
+    path: str | os.PathLike[str],
+    images: torch.Tensor,
+    num_iterations: int | None = None,
+) -> float:
+    """``max |ONNX - PyTorch| / max |PyTorch|`` of the logits on ``images`` ``(B, 3, H, W)``.
+
+    Runs the file with onnxruntime on the CPU and ``model`` (an eval copy, float32, CPU) with
+    the same ``num_iterations``.
+    """
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ExportError("checking an ONNX file needs onnxruntime: pip install 'emanet[export]'")
+    import onnxruntime
+
+    net = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    images = images.detach().to("cpu", torch.float32).contiguous()
+    with torch.no_grad():
+        reference = net(images, num_iterations=num_iterations)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+    difference = (torch.from_numpy(logits) - reference).abs().max()
+    return float(difference / reference.abs().max().clamp_min(torch.finfo(torch.float32).tiny))
