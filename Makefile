@@ -11,7 +11,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[app,notebooks,dev]'
+	$(BIN)/python -m pip install -q -e '.[app,notebooks,export,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,4 +1,4 @@
-"""The ``emanet`` command: predict, eval, train, toycity, data check, models.
+"""The ``emanet`` command: predict, eval, train, toycity, data check, models, export.
 
 Each subcommand is a thin layer over the library; ``emanet SUBCOMMAND --help`` lists options.
 """
@@ -9,7 +9,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 __all__ = ["main"]
 
@@ -18,59 +17,45 @@ log = logging.getLogger("emanet")
 
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="segment images; write colour masks and overlays")
-    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument(
+        "images", nargs="+", help="image files, folders (recursive) or quoted globs ('a/**/*.jpg')"
+    )
     p.add_argument("--model", help="zoo name, URL or checkpoint path (default: bundled model)")
     p.add_argument("--preset", help="preset for an mmsegmentation checkpoint file")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (mirrors the input folders)")
     p.add_argument("--iterations", type=int, help="EM iterations at test time")
     p.add_argument("--aug-test", action="store_true", help="multi-scale + flip")
     p.add_argument("--mode", choices=("whole", "slide"))
     p.add_argument("--opacity", type=float, default=0.5)
+    p.add_argument(
+        "--batch-size", type=int, help="images of one size per forward pass (default: by device)"
+    )
     p.add_argument("--device")
     p.set_defaults(func=_predict)
 
 
-def _image_files(items: list[str]) -> list[Path]:
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-    files = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            files += sorted(f for f in path.rglob("*") if f.suffix.lower() in suffixes)
-        elif path.exists():
-            files.append(path)
-        else:
-            raise SystemExit(f"emanet predict: no such file or folder: {item}")
-    return files
-
-
 def _predict(args) -> int:
-    import numpy as np
-    from PIL import Image
-    from tqdm import tqdm
-
-    from .imageio import ImageLoadError
+    from .batch_predict import find_images, predict_images
     from .predict import Segmenter
 
+    try:
+        jobs = find_images(args.images)
+    except FileNotFoundError as error:
+        raise SystemExit(f"emanet predict: {error}") from None
+    if args.batch_size is not None and args.batch_size < 1:
+        raise SystemExit(f"emanet predict: --batch-size must be >= 1, got {args.batch_size}")
     segmenter = Segmenter.from_pretrained(args.model, preset=args.preset, device=args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = _image_files(args.images)
-    failures = 0
-    for path in tqdm(files, desc="predict", unit="image"):
-        try:
-            result = segmenter(
-                path, num_iterations=args.iterations, aug_test=args.aug_test, mode=args.mode
-            )
-        except ImageLoadError as error:
-            log.error("%s", error)
-            failures += 1
-            continue
-        Image.fromarray(result.color_mask()).save(out / f"{path.stem}_mask.png")
-        Image.fromarray(result.overlay(args.opacity)).save(out / f"{path.stem}_overlay.png")
-        Image.fromarray(result.labels.astype(np.uint8)).save(out / f"{path.stem}_trainIds.png")
-    log.info("wrote %d results to %s", len(files) - failures, out)
-    return 1 if failures else 0
+    summary = predict_images(
+        segmenter,
+        jobs,
+        args.out,
+        batch_size=args.batch_size,
+        num_iterations=args.iterations,
+        aug_test=args.aug_test,
+        mode=args.mode,
+        opacity=args.opacity,
+    )
+    return 1 if summary.skipped else 0
 
 
 def _add_eval(sub) -> None:
@@ -85,12 +70,14 @@ def _add_eval(sub) -> None:
     p.add_argument("--max-images", type=int)
     p.add_argument("--save-pred", help="folder for trainId PNGs")
     p.add_argument("--cityscapes-format", help="folder for labelId PNGs (official scripts)")
-    p.add_argument("--out", help="JSON file for the metrics")
+    p.add_argument("--out", help="JSON file for the metrics (with the confusion matrix)")
+    p.add_argument("--plots", help="folder for confusion.png and per_class_iou.png")
     p.add_argument("--device")
     p.set_defaults(func=_eval)
 
 
 def _eval(args) -> int:
+    from .atomicfile import atomic_write_text
     from .data.cityscapes import CityscapesDataset
     from .evaluate import evaluate_segmenter
     from .predict import Segmenter
@@ -108,8 +95,18 @@ def _eval(args) -> int:
         cityscapes_format=args.cityscapes_format,
     )
     print(report["table"])
+    metrics = report["metrics"]
     if args.out:
-        Path(args.out).write_text(json.dumps(report["metrics"], indent=2))
+        atomic_write_text(args.out, json.dumps(metrics, indent=2))
+    if args.plots:
+        from .eval_plots import write_eval_plots
+
+        classes = metrics["classes"]
+        iou = [metrics["IoU"][name] for name in classes]
+        written = write_eval_plots(
+            args.plots, metrics["confusion"], iou, classes, palette=segmenter.palette
+        )
+        log.info("plots written: %s", ", ".join(str(path) for path in written))
     return 0
 
 
@@ -171,17 +168,86 @@ def _data_check(args) -> int:
 
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list presets and official checkpoints")
+    p.add_argument("names", nargs="*", help="presets to show (default: all)")
+    p.add_argument(
+        "--flops",
+        action="store_true",
+        help="parameters and GFLOPs at each preset's test setting, EM unit apart, non-local beside",
+    )
     p.set_defaults(func=_models)
 
 
 def _models(args) -> int:
-    from .presets import PRESETS
+    from .presets import PRESETS, get_preset
 
-    for preset in PRESETS.values():
+    presets = [get_preset(name) for name in args.names] if args.names else list(PRESETS.values())
+    for preset in presets:
         print(
             f"{preset.name:42s} crop {preset.crop_size[0]}x{preset.crop_size[1]:<5d} "
             f"{preset.test_mode:5s} {preset.url or '(bundled)'}"
         )
+    if args.flops:
+        from .flops import format_costs, model_cost
+
+        print()
+        print(format_costs([model_cost(preset) for preset in presets]))
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX (needs the 'export' extra)")
+    p.add_argument("model", help="'bundled', a zoo name, a URL or a checkpoint path")
+    p.add_argument("--preset", help="preset for an mmsegmentation checkpoint file")
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--height", type=int, help="input height (default: the test setting's)")
+    p.add_argument("--width", type=int, help="input width (default: the test setting's)")
+    p.add_argument("--batch-size", type=int, default=1, help="input batch (static export)")
+    p.add_argument("--dynamic", action="store_true", help="any batch, height and width")
+    p.add_argument("--iterations", type=int, help="EM iterations unrolled into the graph")
+    p.add_argument(
+        "--mode", choices=("whole", "slide"), help="default: the preset's (slide cannot export)"
+    )
+    p.add_argument(
+        "--no-check", action="store_true", help="skip the onnxruntime comparison after export"
+    )
+    p.set_defaults(func=_export)
+
+
+def _export(args) -> int:
+    import importlib.util
+
+    import torch
+
+    from .export import default_export_size, export_onnx, onnxruntime_difference
+    from .predict import Segmenter
+
+    if not args.verbose:
+        # The exporter's passes log every rewrite at INFO.
+        for name in ("onnxscript", "onnx_ir", "torch.onnx"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    name = None if args.model == "bundled" else args.model
+    segmenter = Segmenter.from_pretrained(name, preset=args.preset, device="cpu", fast=False)
+    model = segmenter.model
+    path = export_onnx(
+        model,
+        args.out,
+        height=args.height,
+        width=args.width,
+        batch_size=args.batch_size,
+        dynamic=args.dynamic,
+        num_iterations=args.iterations,
+        mode=args.mode,
+        classes=segmenter.classes,
+        palette=segmenter.palette,
+    )
+    log.info("wrote %s", path)
+    if args.no_check or importlib.util.find_spec("onnxruntime") is None:
+        return 0
+    height, width = default_export_size(model.preset)
+    images = torch.randn(args.batch_size, 3, args.height or height, args.width or width)
+    difference = onnxruntime_difference(model, path, images, num_iterations=args.iterations)
+    log.info("onnxruntime vs PyTorch on random input: max |diff| / max |logit| = %.2e", difference)
     return 0
 
 
@@ -189,7 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emanet", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_predict, _add_eval, _add_train, _add_toycity, _add_data, _add_models):
+    for add in (
+        _add_predict,
+        _add_eval,
+        _add_train,
+        _add_toycity,
+        _add_data,
+        _add_models,
+        _add_export,
+    ):
         add(sub)
     return parser
 

@@ -422,7 +422,9 @@ def evaluate_segmenter(
     with its full-resolution label. iIoU is added when ``gtFine_instanceIds`` files exist.
 
     Returns ``{"metrics": {...}, "table": str}``; ``metrics`` holds ``aAcc``, ``mIoU``, ``mAcc``,
-    per-class ``IoU``/``Acc`` keyed by class name, and ``iIoU`` when available.
+    per-class ``IoU``/``Acc`` keyed by class name, ``classes``, the ``confusion`` matrix (pixel
+    counts, rows = ground truth, columns = prediction, a list of lists in ``classes`` order) and
+    ``iIoU`` when available.
     """
     from tqdm import tqdm
 
@@ -464,6 +466,9 @@ def evaluate_segmenter(
         "IoU": dict(zip(classes, res["IoU"], strict=True)),
         "Acc": dict(zip(classes, res["Acc"], strict=True)),
         "images": count,
+        # Pixel counts, rows = ground truth, columns = prediction, in ``classes`` order.
+        "classes": classes,
+        "confusion": metric.confusion.tolist(),
     }
     table = metric.format_table(classes)
     if has_instances:

@@ -104,3 +104,35 @@ def test_eval_writes_metrics_and_cityscapes_files(checkpoint, city, tmp_path, ca
 def test_data_check(city, capsys):
     assert main(["data", "check", str(city)]) == 0
     assert "no problems found" in capsys.readouterr().out
+
+
+def test_eval_confusion_matrix_agrees_with_metrics_and_plots(checkpoint, city, tmp_path):
+    out_json, plots, pred = tmp_path / "m.json", tmp_path / "plots", tmp_path / "pred"
+    args = ["eval", "--model", str(checkpoint), "--data", str(city), "--out", str(out_json)]
+    assert main([*args, "--plots", str(plots), "--save-pred", str(pred)]) == 0
+    metrics = json.loads(out_json.read_text())
+    assert metrics["classes"] == list(CLASSES)
+    confusion = np.asarray(metrics["confusion"], dtype=np.int64)
+    assert confusion.shape == (19, 19)
+    # aAcc = trace / total; IoU = TP / (row + column - TP), in percent
+    assert metrics["aAcc"] == pytest.approx(100 * np.trace(confusion) / confusion.sum())
+    for index, name in enumerate(CLASSES):
+        tp = confusion[index, index]
+        union = confusion[index].sum() + confusion[:, index].sum() - tp
+        if union:
+            assert metrics["IoU"][name] == pytest.approx(100 * tp / union)
+    # rows = ground truth, columns = prediction: count both from the files themselves
+    ds = CityscapesDataset(city, "val")
+    gt_counts = np.zeros(19, dtype=np.int64)
+    pred_counts = np.zeros(19, dtype=np.int64)
+    for index, image in enumerate(ds.images):
+        label = ds.load_label(index)
+        labelled = label != 255
+        gt_counts += np.bincount(label[labelled], minlength=19)[:19]
+        predicted = np.asarray(Image.open(pred / image.name))
+        pred_counts += np.bincount(predicted[labelled], minlength=19)
+    assert (confusion.sum(axis=1) == gt_counts).all()
+    assert (confusion.sum(axis=0) == pred_counts).all()
+    for name in ("confusion.png", "per_class_iou.png"):
+        with Image.open(plots / name) as figure:
+            assert figure.format == "PNG" and min(figure.size) > 300
