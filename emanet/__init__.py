@@ -7,6 +7,8 @@ The public API, re-exported here::
     load_checkpoint, save_checkpoint     mmsegmentation checkpoints and our own format
     Segmenter, Prediction                any image in, labels (+ EM trace) out
     IoUMetric                            mIoU as the official Cityscapes evaluation counts it
+    export_onnx, ExportError             ONNX export (EM unrolled; needs the 'export' extra)
+    model_cost, count_flops              parameters and FLOPs, EM unit apart
 """
 
 from .checkpoint import (
@@ -18,6 +20,8 @@ from .checkpoint import (
 )
 from .ema import EMAttention, EMTrace
 from .evaluate import InstanceIoUMetric, IoUMetric
+from .export import ExportError, export_onnx
+from .flops import count_flops, model_cost
 from .fusion import optimize_for_inference
 from .imageio import ImageLoadError, load_image
 from .predict import Prediction, Segmenter
@@ -33,6 +37,7 @@ __all__ = [
     "EMANet",
     "EMAttention",
     "EMTrace",
+    "ExportError",
     "ImageLoadError",
     "InstanceIoUMetric",
     "IoUMetric",
@@ -40,9 +45,12 @@ __all__ = [
     "Prediction",
     "Segmenter",
     "build_model",
+    "count_flops",
+    "export_onnx",
     "get_preset",
     "load_checkpoint",
     "load_image",
+    "model_cost",
     "optimize_for_inference",
     "read_checkpoint",
     "save_checkpoint",

@@ -202,7 +202,7 @@ class _Run:
             predictions = self.segmenter.predict_batch(
                 [picture for _, picture in batch], **self.options
             )
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
                 self.skip(batch[0][0], "out of memory even alone")
                 return

@@ -1,6 +1,7 @@
 """Batch prediction: finding images, mirroring the input tree, batching by size, skipping what is
 broken, and labels identical to one-at-a-time prediction."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,7 @@ def test_batched_labels_equal_one_at_a_time(segmenter):
 
 
 def test_folder_with_a_broken_file(segmenter, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="emanet")
     images = make_tree(tmp_path / "in")
     out = tmp_path / "out"
     summary = predict_images(
@@ -115,7 +117,7 @@ def test_batches_hold_one_size_and_split_when_memory_runs_out(segmenter, tmp_pat
     def recording(self, images, **options):
         calls.append([image.size for image in images])
         if len(images) > 2:
-            raise torch.OutOfMemoryError("simulated")
+            raise torch.cuda.OutOfMemoryError("simulated")
         return real(self, images, **options)
 
     monkeypatch.setattr(Segmenter, "predict_batch", recording)
@@ -141,6 +143,7 @@ def test_results_that_would_collide_are_skipped(segmenter, tmp_path):
 
 
 def test_cli_predict_folder_and_glob(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="emanet")
     make_tree(tmp_path / "in")
     out = tmp_path / "out"
     code = main(["predict", f"{tmp_path}/in/**/*.png", "--out", str(out), "--batch-size", "3"])
