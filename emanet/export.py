@@ -22,7 +22,7 @@ slide the windows in the runtime (:func:`emanet.segmentor.slide_windows` gives t
 
 Metadata (``metadata_props``, strings; onnxruntime shows them as
 ``session.get_modelmeta().custom_metadata_map``): ``preset``, ``preset_config`` (JSON),
-``num_iterations``, ``inverse_temperature``, ``normalize_pixels``, ``classes``, ``palette``,
+``num_iterations``, ``inverse_temperature``, ``centered_cosine``, ``classes``, ``palette``,
 ``mean``, ``std`` (JSON), ``test_scale``, ``align_corners``, ``input``, ``output``,
 ``emanet_version``.
 
@@ -126,7 +126,7 @@ def _metadata(
         "preset_config": json.dumps(dataclasses.asdict(preset)),
         "num_iterations": str(num_iterations),
         "inverse_temperature": repr(float(unit.inverse_temperature)),
-        "normalize_pixels": str(bool(unit.normalize_pixels)).lower(),
+        "centered_cosine": str(bool(unit.centered_cosine)).lower(),
         "classes": json.dumps(list(classes)),
         "palette": json.dumps([list(map(int, c)) for c in palette]),
         "mean": json.dumps(list(IMAGENET_MEAN)),

@@ -225,6 +225,7 @@ class Segmenter:
         num_iterations: int | None = None,
         aug_test: bool = False,
         mode: str | None = None,
+        inverse_temperature: float | None = None,
     ) -> list[Prediction]:
         """Segment several images of the same size in one forward pass.
 
@@ -250,7 +251,13 @@ class Segmenter:
         x = torch.cat([self.preprocess(picture) for picture in pictures])
         if self.fast:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = self._net.inference(x, mode=mode, num_iterations=num_iterations, aug_test=aug_test)
+        logits = self._net.inference(
+            x,
+            mode=mode,
+            num_iterations=num_iterations,
+            aug_test=aug_test,
+            inverse_temperature=inverse_temperature,
+        )
         size = (pictures[0].height, pictures[0].width)
         logits = F.interpolate(
             logits.float(), size=size, mode="bilinear", align_corners=self.preset.align_corners

@@ -59,9 +59,12 @@ def test_bundled_model_dynamic_matches_pytorch_at_two_sizes(bundled_dynamic):
 
 def test_metadata_records_iterations_preset_and_pipeline(bundled_dynamic):
     meta = ort.InferenceSession(str(bundled_dynamic)).get_modelmeta().custom_metadata_map
-    assert meta["preset"] == "emanet_r18-d8_toycity"
+    preset = Segmenter.from_pretrained(device="cpu", fast=False).preset
+    assert meta["preset"] == preset.name == "emanet_r18-d8_toycity"
     assert meta["num_iterations"] == "2"
-    assert meta["normalize_pixels"] == "false" and float(meta["inverse_temperature"]) == 1.0
+    assert meta["centered_cosine"] == str(preset.centered_cosine).lower()
+    assert float(meta["inverse_temperature"]) == preset.inverse_temperature
+    assert json.loads(meta["preset_config"])["ema_channels"] == preset.ema_channels
     assert json.loads(meta["classes"])[:2] == ["road", "sidewalk"]
     assert json.loads(meta["mean"]) == [123.675, 116.28, 103.53]
     # EM unrolled: one softmax per E-step; two matmuls per iteration plus the reconstruction.
@@ -69,25 +72,36 @@ def test_metadata_records_iterations_preset_and_pipeline(bundled_dynamic):
     assert ops["Softmax"] == 2 and ops["MatMul"] == 2 * 2 + 1
 
 
-def test_unit_options_are_exported(tmp_path):
-    """A unit with an inverse temperature and normalised pixels, static 64x96, default T."""
+@pytest.mark.parametrize(
+    "unit",
+    [
+        {"inverse_temperature": 1.0, "centered_cosine": False},  # mmsegmentation's unit
+        {"inverse_temperature": 10.0, "centered_cosine": True},
+    ],
+    ids=["default-unit", "cosine-unit"],
+)
+def test_unit_options_are_exported(tmp_path, unit):
+    """Static 64x96 export at the default T of a small model with each kind of EM unit."""
     torch.manual_seed(3)
-    model = build_model(
-        "emanet_r18-d8_toycity", inverse_temperature=10.0, normalize_pixels=True
-    ).eval()
-    path = export_onnx(model, tmp_path / "options.onnx", height=64, width=96)
+    model = build_model("emanet_r18-d8_toycity", **unit).eval()
+    path = export_onnx(model, tmp_path / "unit.onnx", height=64, width=96)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [1, 3, 64, 96]
     meta = session.get_modelmeta().custom_metadata_map
-    assert meta["normalize_pixels"] == "true" and float(meta["inverse_temperature"]) == 10.0
+    assert meta["centered_cosine"] == str(unit["centered_cosine"]).lower()
+    assert float(meta["inverse_temperature"]) == unit["inverse_temperature"]
     assert meta["num_iterations"] == "3"
     images = torch.randn(1, 3, 64, 96)
     assert relative_difference(session, model, images) <= TOLERANCE
-    # The options change the logits: the check above could not pass with the default unit.
-    plain = build_model("emanet_r18-d8_toycity").eval()
-    plain.load_state_dict(model.state_dict())
-    assert relative_difference(session, plain, images) > TOLERANCE
-    assert [p.name for p in tmp_path.iterdir()] == ["options.onnx"]  # no temporary left over
+    # The unit's options change the logits: the check above tells the two units apart.
+    other = build_model(
+        "emanet_r18-d8_toycity",
+        inverse_temperature=11.0 - unit["inverse_temperature"],
+        centered_cosine=not unit["centered_cosine"],
+    ).eval()
+    other.load_state_dict(model.state_dict())
+    assert relative_difference(session, other, images) > TOLERANCE
+    assert [p.name for p in tmp_path.iterdir()] == ["unit.onnx"]  # no temporary left over
 
 
 @pytest.mark.slow
