@@ -157,4 +157,4 @@ def test_cli_predict_folder_and_glob(tmp_path, caplog):
 
 def test_default_batch_size_by_device():
     assert default_batch_size("cuda") == 8
-    assert default_batch_size("cpu") == 1
+    assert default_batch_size("cpu") == 4
