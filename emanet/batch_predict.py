@@ -60,9 +60,9 @@ _OUTPUTS = ("mask", "overlay", "trainIds")
 
 def default_batch_size(device: torch.device | str) -> int:
     """Images per forward pass: 8 on CUDA (halved automatically when memory runs out), 4 on
-    other devices. On 2 CPU cores the bundled model segments 2.5x more images/s at batch 8 than
-    at batch 1 (``benchmarks/bench_predict.py``); 4 keeps the memory of an official model at
-    1024x2048 (a few GB per batch) within a laptop's."""
+    other devices. On 2 CPU cores the bundled model segments 1.9x more images/s at batch 4 and
+    2.1x at batch 8 than at batch 1 (``benchmarks/bench_predict.py``); 4 keeps the memory of an
+    official model at 1024x2048 (a few GB per batch) within a laptop's."""
     return 8 if torch.device(device).type == "cuda" else 4
 
 
