@@ -1,4 +1,5 @@
-"""``python -m app [--host H] [--port N] [--model NAME_OR_PATH] [--share]``.
+"""``python -m app [--host H] [--port N] [--model NAME_OR_PATH] [--device D] [--precision P]
+[--share]``.
 
 Serves on 127.0.0.1 (this machine only) unless told otherwise; a public Gradio share link is
 opened only with ``--share``.
@@ -11,6 +12,9 @@ import logging
 import sys
 
 from emanet.checkpoint import CheckpointError
+from emanet.precision import PRECISIONS, check_precision
+from emanet.predict import DEFAULT_PRECISION
+from emanet.runtime import resolve_device
 
 from . import build_demo  # importing the package switches Gradio's analytics off first
 
@@ -26,6 +30,15 @@ def main(argv: list[str] | None = None) -> None:
         "--model",
         help="default model: a zoo name or a .pth file (default: the bundled toy-city model)",
     )
+    parser.add_argument(
+        "--device", help="cpu, cuda (this GPU) or cuda:N (default: cuda if available)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default=DEFAULT_PRECISION,
+        help=f"autocast precision of the models (default: {DEFAULT_PRECISION})",
+    )
     parser.add_argument("--share", action="store_true", help="also open a public share link")
     parser.add_argument(
         "--max-file-size",
@@ -35,9 +48,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        device = resolve_device(args.device)
+        check_precision(args.precision, device)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
         # preload: a model that cannot be loaded (offline download, bad file) stops us here
         # with its message instead of failing every request.
-        demo = build_demo(default_model=args.model, preload=True)
+        demo = build_demo(
+            default_model=args.model, preload=True, device=str(device), precision=args.precision
+        )
     except CheckpointError as error:
         sys.exit(f"python -m app: {error}")
     demo.launch(

@@ -62,11 +62,12 @@ def bundled_missing() -> bool:
     return not BUNDLED_CHECKPOINT.is_file()
 
 
-def load_segmenter(name: str | None) -> Segmenter:
+def load_segmenter(name: str | None, **options) -> Segmenter:
     """The default factory: ``None`` = the bundled model, else a zoo name or a ``.pth`` path.
 
-    A missing bundled file is not an error: the app stays usable with a randomly initialised
-    model of the same architecture, with a warning here and a notice in the page.
+    ``options`` (``device``, ``precision``) go to :class:`~emanet.predict.Segmenter`. A missing
+    bundled file is not an error: the app stays usable with a randomly initialised model of
+    the same architecture, with a warning here and a notice in the page.
     """
     if name is None and bundled_missing():
         log.warning(
@@ -74,9 +75,9 @@ def load_segmenter(name: str | None) -> Segmenter:
             BUNDLED_CHECKPOINT,
             SMALL_PRESET.name,
         )
-        return Segmenter(build_model(SMALL_PRESET))
+        return Segmenter(build_model(SMALL_PRESET), **options)
     # progress=False: no download progress bar in a server's log.
-    return Segmenter.from_pretrained(name, progress=False)
+    return Segmenter.from_pretrained(name, progress=False, **options)
 
 
 class ModelCache:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import weakref
@@ -34,6 +35,8 @@ def build_demo(
     examples_dir: str | Path | None = None,
     preload: bool = False,
     default_model: str | None = None,
+    device: str | None = None,
+    precision: str | None = None,
 ) -> gr.Blocks:
     """The whole app, queued (2 runs of each event at a time, 64 waiting at most).
 
@@ -48,8 +51,11 @@ def build_demo(
         preload: load the default model now, so the first request is fast and a broken
             model fails at start rather than in a request.
         default_model: the dropdown's initial choice (a zoo name or a path; default: bundled).
+        device, precision: where and in which precision the default factory runs every model
+            (see :class:`emanet.predict.Segmenter`; default: CUDA if available, fp32).
     """
-    cache = h.ModelCache(segmenter_factory)
+    options = {k: v for k, v in (("device", device), ("precision", precision)) if v is not None}
+    cache = h.ModelCache(segmenter_factory or functools.partial(h.load_segmenter, **options))
     png = h.PngWriter()  # images go out as fast, lossless PNG files
     # Compresses /segment's overlay PNG while the request's thread draws the attention grid;
     # one worker per concurrent run (the queue runs two).

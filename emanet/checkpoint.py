@@ -36,6 +36,7 @@ import torch.hub
 from torch import nn
 
 from .presets import PRESETS
+from .runtime import unwrap
 
 __all__ = [
     "MODEL_ZOO",
@@ -379,8 +380,7 @@ def load_checkpoint(
     Tensors are cast to the dtype and device of the model's own tensors, so a ``half=True``
     checkpoint loads into a float32 model. ``num_batches_tracked`` is an ordinary key.
     """
-    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        model = model.module
+    model = unwrap(model)
     path = resolve_checkpoint(source, progress=progress)
     checkpoint = read_checkpoint(path)
     state_dict = checkpoint["state_dict"]
@@ -519,10 +519,8 @@ def save_checkpoint(
         half: store floating-point tensors as float16 (half the size). A tensor that float16
             cannot represent (it would overflow to inf) keeps its dtype and a warning is logged.
     """
-    if isinstance(model_or_state_dict, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        model_or_state_dict = model_or_state_dict.module
     if isinstance(model_or_state_dict, nn.Module):
-        state_dict = model_or_state_dict.state_dict()
+        state_dict = unwrap(model_or_state_dict).state_dict()
     elif isinstance(model_or_state_dict, Mapping):
         state_dict = model_or_state_dict
     else:

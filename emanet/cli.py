@@ -30,13 +30,43 @@ def _add_predict(sub) -> None:
     p.add_argument(
         "--batch-size", type=int, help="images of one size per forward pass (default: by device)"
     )
-    p.add_argument("--device")
+    _add_runtime_options(p)
     p.set_defaults(func=_predict)
+
+
+def _add_runtime_options(p) -> None:
+    """Where and how the model runs: the same three options wherever a model predicts."""
+    from .precision import PRECISIONS
+    from .predict import DEFAULT_PRECISION
+
+    p.add_argument(
+        "--device", help="cpu, cuda (this process's GPU) or cuda:N (default: cuda if available)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default=DEFAULT_PRECISION,
+        help=f"autocast precision (default: {DEFAULT_PRECISION}, the reference numerics)",
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (the first image compiles)"
+    )
+
+
+def _segmenter(args):
+    from .predict import Segmenter
+
+    return Segmenter.from_pretrained(
+        args.model,
+        preset=args.preset,
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+    )
 
 
 def _predict(args) -> int:
     from .batch_predict import find_images, predict_images
-    from .predict import Segmenter
 
     try:
         jobs = find_images(args.images)
@@ -44,7 +74,7 @@ def _predict(args) -> int:
         raise SystemExit(f"emanet predict: {error}") from None
     if args.batch_size is not None and args.batch_size < 1:
         raise SystemExit(f"emanet predict: --batch-size must be >= 1, got {args.batch_size}")
-    segmenter = Segmenter.from_pretrained(args.model, preset=args.preset, device=args.device)
+    segmenter = _segmenter(args)
     summary = predict_images(
         segmenter,
         jobs,
@@ -72,7 +102,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--cityscapes-format", help="folder for labelId PNGs (official scripts)")
     p.add_argument("--out", help="JSON file for the metrics (with the confusion matrix)")
     p.add_argument("--plots", help="folder for confusion.png and per_class_iou.png")
-    p.add_argument("--device")
+    _add_runtime_options(p)
     p.set_defaults(func=_eval)
 
 
@@ -80,9 +110,8 @@ def _eval(args) -> int:
     from .atomicfile import atomic_write_text
     from .data.cityscapes import CityscapesDataset
     from .evaluate import evaluate_segmenter
-    from .predict import Segmenter
 
-    segmenter = Segmenter.from_pretrained(args.model, preset=args.preset, device=args.device)
+    segmenter = _segmenter(args)
     dataset = CityscapesDataset(args.data, args.split)
     report = evaluate_segmenter(
         segmenter,

@@ -8,6 +8,7 @@ logits are resized back to the image's own size before the argmax.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ from .data.transforms import keep_ratio_size, normalize
 from .ema import EMTrace
 from .fusion import optimize_for_inference
 from .imageio import load_image
+from .precision import autocast, check_precision
 from .presets import PRESETS, SMALL_PRESET, ModelPreset, get_preset
+from .runtime import announce_compilation, compile_module, resolve_device
 from .segmentor import EMANet, build_model
 
 __all__ = [
@@ -34,6 +37,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Inference runs in float32 unless asked otherwise: the official checkpoints' numerics.
+DEFAULT_PRECISION = "fp32"
 
 BUNDLED_CHECKPOINT = Path(__file__).parent / "weights" / f"{SMALL_PRESET.name}.pth"
 
@@ -85,8 +91,13 @@ class Segmenter:
     Args:
         model: the network (its weights loaded).
         classes, palette: class names and colours in trainId order.
-        device: where to run (default: CUDA if available, else CPU).
+        device: where to run (default: CUDA if available, else CPU); ``"cuda"`` is the current
+            GPU (see :func:`emanet.runtime.resolve_device`).
         fast: run an eval copy with BatchNorm folded and channels_last (same labels).
+        precision: ``"fp32"`` (:data:`DEFAULT_PRECISION`), ``"bf16"`` or ``"fp16"`` autocast
+            (see :mod:`emanet.precision`); a precision the device cannot run is a ValueError.
+        compile: run the network through ``torch.compile`` (the first call compiles, and says
+            so in the log).
     """
 
     def __init__(
@@ -96,16 +107,24 @@ class Segmenter:
         palette=PALETTE,
         device: str | torch.device | None = None,
         fast: bool = True,
+        precision: str = DEFAULT_PRECISION,
+        compile: bool = False,
     ) -> None:
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
+        self.precision = check_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.preset: ModelPreset = model.preset
         self.classes = tuple(classes)
         self.palette = tuple(tuple(int(v) for v in c) for c in palette)
         self.fast = fast
+        self.compile = compile
         self._net = optimize_for_inference(self.model) if fast else self.model
+        if compile:
+            # Compiled in place: a copy, so that the caller's model stays as it was.
+            if self._net is self.model:
+                self._net = copy.deepcopy(self.model)
+            compile_module(self._net)
+        self._compile_announced = False
 
     @classmethod
     def from_pretrained(
@@ -115,6 +134,8 @@ class Segmenter:
         device: str | torch.device | None = None,
         fast: bool = True,
         progress: bool = True,
+        precision: str = DEFAULT_PRECISION,
+        compile: bool = False,
     ) -> Segmenter:
         """Load a model by zoo name, URL, our checkpoint or an mmsegmentation checkpoint.
 
@@ -122,7 +143,9 @@ class Segmenter:
         name, see :data:`emanet.PRESETS`) downloads the official weights once into torch.hub's
         cache. For files, our format names its preset; for mmsegmentation files give
         ``preset`` (otherwise it is inferred from the depth, with the 512x1024 test settings).
+        ``device``, ``fast``, ``precision`` and ``compile`` are :class:`Segmenter`'s.
         """
+        options = dict(device=device, fast=fast, precision=precision, compile=compile)
         if name_or_path is None:
             if not BUNDLED_CHECKPOINT.is_file():
                 raise CheckpointError(
@@ -135,7 +158,7 @@ class Segmenter:
         if preset is not None:
             model = build_model(get_preset(preset))
             meta = load_checkpoint(model, name_or_path, progress=progress)
-            return cls(model, *_classes_palette(meta), device=device, fast=fast)
+            return cls(model, *_classes_palette(meta), **options)
         from .checkpoint import resolve_checkpoint
 
         path = resolve_checkpoint(name_or_path, progress=progress)
@@ -144,7 +167,7 @@ class Segmenter:
         model = build_model(get_preset(preset_name))
         meta = load_checkpoint(model, path, progress=progress)
         classes, palette = _classes_palette({**checkpoint.get("meta", {}), **meta})
-        return cls(model, classes, palette, device=device, fast=fast)
+        return cls(model, classes, palette, **options)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """Upright RGB PIL image -> ``(1, 3, h, w)`` normalised tensor at the test scale."""
@@ -159,6 +182,20 @@ class Segmenter:
         if self.fast:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    @torch.inference_mode()
+    def infer(self, x: torch.Tensor, **options) -> torch.Tensor:
+        """The network on a :meth:`preprocess`-ed batch, in this segmenter's precision (and
+        compiled, if asked): ``(B, 3, h, w) -> (B, classes, h, w)`` logits.
+
+        ``options`` are :meth:`EMANet.inference`'s (``mode``, ``num_iterations``, ``trace``,
+        ``aug_test``, ``inverse_temperature``).
+        """
+        if self.compile and not self._compile_announced:
+            announce_compilation(f"{self.preset.name} for {self.device}")
+            self._compile_announced = True
+        with autocast(self.precision, self.device):
+            return self._net.inference(x, **options)
 
     @torch.inference_mode()
     def __call__(
@@ -190,7 +227,7 @@ class Segmenter:
             picture = picture.resize(new, Image.BILINEAR)
         x = self.preprocess(picture)
         em_trace = EMTrace() if trace else None
-        logits = self._net.inference(
+        logits = self.infer(
             x,
             mode=mode,
             num_iterations=num_iterations,

@@ -53,6 +53,9 @@ class ModelPreset:
         aux_weight: auxiliary FCN loss weight (0.4).
         dropout: Dropout2d before the classifiers (0.1).
         url: official checkpoint, if any.
+        pretrained: the ImageNet-pretrained backbone training starts from, as mmseg's config
+            names it (``open-mmlab://resnet50_v1c``; see :mod:`emanet.pretrained`), or ``None``
+            for a randomly initialised backbone.
     """
 
     name: str
@@ -76,6 +79,7 @@ class ModelPreset:
     aux_weight: float = 0.4
     dropout: float = 0.1
     url: str | None = None
+    pretrained: str | None = None
 
     def with_overrides(self, **changes) -> ModelPreset:
         return replace(self, **changes)
@@ -117,7 +121,13 @@ def _official(depth: int, crop: int, checkpoint: str) -> ModelPreset:
             slide_stride=(513, 513),
             align_corners=True,
         )
-    return ModelPreset(name=name, depth=depth, url=f"{_ZOO}/{name}/{checkpoint}", **kwargs)
+    return ModelPreset(
+        name=name,
+        depth=depth,
+        url=f"{_ZOO}/{name}/{checkpoint}",
+        pretrained=f"open-mmlab://resnet{depth}_v1c",
+        **kwargs,
+    )
 
 
 SMALL_PRESET = ModelPreset(
@@ -143,6 +153,9 @@ SMALL_PRESET = ModelPreset(
     test_scale=(512, 256),
     test_mode="whole",
     align_corners=False,
+    # Trained from scratch on the synthetic toy city (the bundled model): no download, so the
+    # tests and tutorials run offline. ``--pretrained open-mmlab://resnet18_v1c`` fits it.
+    pretrained=None,
 )
 
 PRESETS: dict[str, ModelPreset] = {

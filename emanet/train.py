@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -37,10 +37,24 @@ from .data.cityscapes import CLASSES, PALETTE, CityscapesDataset
 from .data.transforms import TestTransform, TrainTransform
 from .evaluate import IoUMetric
 from .precision import autocast, check_precision, default_precision
-from .presets import get_preset
+from .presets import ModelPreset, get_preset
+from .pretrained import load_backbone
+from .runtime import announce_compilation, compile_module, resolve_device, usable_cpus
 from .segmentor import EMANet, build_model
 
-__all__ = ["TrainConfig", "train", "poly_lr", "main", "TrainingDiverged"]
+__all__ = [
+    "TrainConfig",
+    "TrainingDiverged",
+    "build_loaders",
+    "build_training_model",
+    "default_workers",
+    "main",
+    "poly_lr",
+    "save_state",
+    "train",
+    "train_step",
+    "wrap_for_training",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +65,8 @@ class TrainingDiverged(FloatingPointError):
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs. Paths are strings so that it round-trips as JSON."""
+    """Everything a training run needs, and the one place of every default (``emanet train``'s
+    options take theirs from here). Paths are strings so that it round-trips as JSON."""
 
     preset: str
     data_root: str
@@ -72,16 +87,32 @@ class TrainConfig:
     val_interval: int = 0
     val_max_images: int | None = None
     log_interval: int = 10
-    num_workers: int = 2
+    # None: min(8, the CPU cores this process may use), see default_workers().
+    num_workers: int | None = None
     seed: int = 0
+    # None: the preset's ImageNet backbone (mmseg's init), unless ``init`` is given or the run
+    # resumes; "none": a random backbone; else a source for emanet.load_backbone.
+    pretrained: str | None = None
     init: str | None = None
     resume: bool = False
     device: str | None = None
     # None: bf16 autocast on CUDA, fp32 elsewhere (see emanet.precision).
     precision: str | None = None
     channels_last: bool = False
+    compile: bool = False
     snapshot_bases: bool = False
-    extra: dict = field(default_factory=dict)
+
+
+#: ``TrainConfig.pretrained`` value that asks for a randomly initialised backbone.
+NO_PRETRAINED = "none"
+
+#: Training precisions: fp16 would need loss scaling, which bf16 (same speed) does not.
+TRAIN_PRECISIONS = ("bf16", "fp32")
+
+
+def default_workers() -> int:
+    """DataLoader workers per process: ``min(8, usable CPU cores per process)``."""
+    return min(8, usable_cpus())
 
 
 def poly_lr(iteration: int, config: TrainConfig) -> float:
@@ -118,10 +149,12 @@ class _EpochSampler(Sampler):
         return 2**62
 
 
-class _SeededTransform(Dataset):
-    """Applies ``transform`` to ``dataset[index]`` with the torch RNG seeded per sample."""
+class _SeededSamples(Dataset):
+    """Item ``(index, sample_seed)``: ``transform.sample`` of ``dataset.load_pair(index)`` with
+    the torch RNG seeded per sample, so every random draw (the crop as well as the colours
+    applied later on the device) is a function of the sample's seed alone."""
 
-    def __init__(self, dataset: Dataset, transform) -> None:
+    def __init__(self, dataset: CityscapesDataset, transform: TrainTransform) -> None:
         self.dataset, self.transform = dataset, transform
 
     def __len__(self) -> int:
@@ -129,25 +162,42 @@ class _SeededTransform(Dataset):
 
     def __getitem__(self, item: tuple[int, int]):
         index, sample_seed = item
-        image, label = self.dataset[index]
+        image, label = self.dataset.load_pair(index)
         # fork_rng: the main process's generator (dropout) is left untouched.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed)
-            return self.transform(image, label)
+            return self.transform.sample(image, label)
 
 
-def _setup_distributed(device: str | None) -> tuple[int, int, int, torch.device]:
+@dataclass(frozen=True)
+class Run:
+    """This process's place in a (possibly distributed) run."""
+
+    rank: int
+    world: int
+    device: torch.device
+    precision: str
+
+
+def setup_run(config: TrainConfig) -> Run:
+    """Read the ranks torchrun set, pick the device, open the process group (NCCL on CUDA,
+    gloo elsewhere) and check the precision."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        # Fixed crop sizes: let cuDNN pick its fastest kernels once (mmseg's cudnn_benchmark).
+        torch.backends.cudnn.benchmark = True
+    precision = check_precision(config.precision or default_precision(device), device)
+    if precision not in TRAIN_PRECISIONS:
+        raise ValueError(
+            f"training runs in {' or '.join(TRAIN_PRECISIONS)}, not {precision} (fp16 would "
+            "need loss scaling; bf16 is as fast)"
+        )
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return rank, world, local_rank, dev
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Run(rank=rank, world=world, device=device, precision=precision)
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -174,14 +224,158 @@ class _TrainStep(nn.Module):
         return self.model.forward_train(images, labels)
 
 
-def _unwrap(net: nn.Module) -> EMANet:
-    if isinstance(net, DistributedDataParallel):
-        net = net.module
-    return net.model if isinstance(net, _TrainStep) else net
+def wrap_for_training(model: EMANet, config: TrainConfig, run: Run) -> nn.Module:
+    """What :func:`train_step` calls: ``net(images, labels)`` -> the model's losses, under
+    DistributedDataParallel in a distributed run, compiled with ``config.compile``."""
+    net: nn.Module = _TrainStep(model)
+    if run.world > 1:
+        device_ids = [run.device.index] if run.device.type == "cuda" else None
+        net = DistributedDataParallel(net, device_ids=device_ids)
+    if config.compile:
+        compile_module(net)
+        announce_compilation(f"the training step of {model.preset.name}")
+    return net
 
 
 def _config_to_json(config: TrainConfig) -> dict:
     return json.loads(json.dumps(asdict(config)))
+
+
+def pretrained_source(config: TrainConfig, preset: ModelPreset, resuming: bool) -> str | None:
+    """The backbone weights a run starts from (``None``: none), as mmseg decides: the preset's
+    ImageNet weights by default; none when ``init`` or a resumed state replaces them anyway;
+    ``config.pretrained`` when given (``"none"`` for a random backbone)."""
+    if config.pretrained is not None:
+        return None if config.pretrained == NO_PRETRAINED else config.pretrained
+    if config.init or resuming:
+        return None
+    return preset.pretrained
+
+
+def build_training_model(
+    config: TrainConfig, preset: ModelPreset, run: Run, resuming: bool
+) -> EMANet:
+    """The model this process trains: seeded init, pretrained backbone, ``init`` weights,
+    SyncBatchNorm under CUDA DDP, on the device, in the requested memory format."""
+    torch.manual_seed(config.seed + run.rank)
+    model = build_model(preset)
+    source = pretrained_source(config, preset, resuming)
+    if source is not None:
+        load_backbone(model, source, progress=run.rank == 0)
+    if config.init:
+        load_checkpoint(model, config.init, strict=False)
+    if run.world > 1 and run.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif run.world > 1:
+        log.info("CPU/gloo run: SyncBatchNorm needs CUDA, BatchNorm statistics stay per process")
+    model.to(run.device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_loaders(
+    config: TrainConfig, preset: ModelPreset, run: Run, start: int = 0
+) -> tuple[DataLoader, TrainTransform, Dataset | None]:
+    """The endless training loader from iteration ``start`` on (items: uint8 crops, labels and
+    augmentation parameters, see :meth:`TrainTransform.sample`), the transform whose
+    :meth:`~TrainTransform.finish` completes its batches, and the validation set (``None``
+    without periodic validation)."""
+    transform = TrainTransform(
+        crop_size=tuple(config.crop_size or preset.crop_size),
+        scale=tuple(config.train_scale or preset.train_scale),
+        ratio_range=tuple(config.ratio_range),
+    )
+    train_set = _SeededSamples(CityscapesDataset(config.data_root, "train"), transform)
+    sampler = _EpochSampler(
+        len(train_set), config.seed, run.rank, run.world, start * config.batch_size
+    )
+    workers = default_workers() if config.num_workers is None else config.num_workers
+    loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=run.device.type == "cuda",
+        drop_last=True,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    val_set = None
+    if config.val_interval:
+        val_set = CityscapesDataset(
+            config.data_root,
+            "val",
+            transforms=TestTransform(scale=tuple(config.val_scale or preset.test_scale)),
+        )
+    return loader, transform, val_set
+
+
+def train_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    transform: TrainTransform,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    iteration: int,
+    config: TrainConfig,
+    run: Run,
+) -> tuple[dict[str, torch.Tensor], float]:
+    """One SGD iteration on a loader batch: finish the augmentation on the device, set the
+    poly learning rate, forward under autocast, refuse a non-finite loss, backward, step.
+
+    Returns the losses (detached) and the learning rate used.
+
+    Raises:
+        TrainingDiverged: the loss is NaN or infinite (nothing was updated).
+    """
+    images, labels, params = (t.to(run.device, non_blocking=True) for t in batch)
+    images = transform.finish(images, params)
+    if config.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    lr = poly_lr(iteration, config)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast(run.precision, run.device):
+        losses = net(images, labels.long())
+    loss = losses["loss"]
+    if not torch.isfinite(loss).item():
+        raise TrainingDiverged(f"loss is {loss.item()} at iteration {iteration + 1}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {k: v.detach() for k, v in losses.items()}, lr
+
+
+def save_state(
+    path: Path,
+    model: EMANet,
+    optimizer: torch.optim.Optimizer,
+    iteration: int,
+    config: TrainConfig,
+    run: Run,
+) -> None:
+    """Write the full training state (model, optimiser, iteration, every rank's RNG states)
+    atomically to ``path``; collective under DDP (every rank calls it, rank 0 writes)."""
+    rngs = [_rng_state(run.device)]
+    if run.world > 1:
+        gathered = [None] * run.world
+        dist.all_gather_object(gathered, {k: v.cpu() for k, v in rngs[0].items()})
+        rngs = gathered
+    if run.rank == 0:
+        atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "iteration": iteration,
+                "rng": rngs,
+                "preset": model.preset.name,
+                "config": _config_to_json(config),
+            },
+            path,
+        )
+        if config.snapshot_bases:
+            bases = model.em_unit.bases.detach().cpu().clone()
+            atomic_save(bases, path.parent / "bases" / f"iter_{iteration:07d}.pth")
 
 
 @torch.no_grad()
@@ -221,160 +415,96 @@ def train(config: TrainConfig, progress: bool = True) -> tuple[EMANet, dict]:
     every ``checkpoint_interval`` iterations and at the end), ``model.pth`` (weights in our
     format, at the end), ``metrics.jsonl`` and ``curves.png``.
     """
-    rank, world, _, device = _setup_distributed(config.device)
+    run = setup_run(config)
     preset = get_preset(config.preset)
     work_dir = Path(config.work_dir)
-    if rank == 0:
+    if run.rank == 0:
         work_dir.mkdir(parents=True, exist_ok=True)
     latest = work_dir / "latest.pth"
+    resuming = config.resume and latest.is_file()
+    if config.resume and not resuming:
+        log.info("--resume: no %s yet, starting from scratch", latest)
 
-    torch.manual_seed(config.seed + rank)
-    model = build_model(preset)
-    if config.init:
-        load_checkpoint(model, config.init, strict=False)
-    if world > 1 and device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    elif world > 1:
-        log.info("CPU/gloo run: SyncBatchNorm needs CUDA, BatchNorm statistics stay per process")
-    model.to(device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    precision = check_precision(config.precision or default_precision(device), device)
-    params = [p for p in model.parameters() if p.requires_grad]
+    raw_model = build_training_model(config, preset, run, resuming)
+    params = [p for p in raw_model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
     start = 0
-    if config.resume and latest.is_file():
-        state = torch.load(latest, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
+    if resuming:
+        state = torch.load(latest, map_location=run.device, weights_only=True)
+        raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["iteration"])
-        _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0], device)
+        rngs = state["rng"]
+        _set_rng_state(rngs[run.rank] if run.rank < len(rngs) else rngs[0], run.device)
         log.info("resumed from %s at iteration %d", latest, start)
-    elif config.resume:
-        log.info("--resume: no %s yet, starting from scratch", latest)
-    net: nn.Module = _TrainStep(model)
-    if world > 1:
-        net = DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    crop = tuple(config.crop_size or preset.crop_size)
-    scale = tuple(config.train_scale or preset.train_scale)
-    train_set = _SeededTransform(
-        CityscapesDataset(config.data_root, "train"),
-        TrainTransform(crop_size=crop, scale=scale, ratio_range=tuple(config.ratio_range)),
-    )
-    sampler = _EpochSampler(len(train_set), config.seed, rank, world, start * config.batch_size)
-    loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        num_workers=config.num_workers,
-        pin_memory=device.type == "cuda",
-        drop_last=True,
-        persistent_workers=False,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
-    val_set = None
-    if config.val_interval:
-        val_set = CityscapesDataset(
-            config.data_root,
-            "val",
-            transforms=TestTransform(scale=tuple(config.val_scale or preset.test_scale)),
-        )
+    # raw_model: the EMANet (saved, validated); net: what runs the step (DDP, compiled).
+    net = wrap_for_training(raw_model, config, run)
+    loader, transform, val_set = build_loaders(config, preset, run, start)
 
     metrics_path = work_dir / "metrics.jsonl"
-    if rank == 0:
+    if run.rank == 0:
         (work_dir / "config.json").write_text(json.dumps(_config_to_json(config), indent=2))
         if start == 0 and metrics_path.exists():
             metrics_path.unlink()
 
     def log_row(row: dict) -> None:
-        if rank == 0:
+        if run.rank == 0:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-
-    def save_state(iteration: int) -> None:
-        rngs = [_rng_state(device)]
-        if world > 1:
-            gathered = [None] * world
-            dist.all_gather_object(gathered, {k: v.cpu() for k, v in rngs[0].items()})
-            rngs = gathered
-        if rank == 0:
-            atomic_save(
-                {
-                    "model": _unwrap(net).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "iteration": iteration,
-                    "rng": rngs,
-                    "preset": preset.name,
-                    "config": _config_to_json(config),
-                },
-                latest,
-            )
-        if config.snapshot_bases and rank == 0:
-            bases = _unwrap(net).em_unit.bases.detach().cpu().clone()
-            atomic_save(bases, work_dir / "bases" / f"iter_{iteration:07d}.pth")
 
     last_val: dict = {}
     bar = tqdm(
         total=config.iters,
         initial=start,
         desc="train",
-        disable=not progress or rank != 0,
+        disable=not progress or run.rank != 0,
         dynamic_ncols=True,
     )
     if config.snapshot_bases and start == 0:
         (work_dir / "bases").mkdir(exist_ok=True)
-        save_state(0)
+        save_state(latest, raw_model, optimizer, 0, config, run)
     net.train()
     tic = time.perf_counter()
     iteration = start
-    data_iter = iter(loader)
+    batches = iter(loader)
     while iteration < config.iters:
-        images, labels = next(data_iter)
-        images = images.to(device, non_blocking=True)
-        if config.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
-        lr = poly_lr(iteration, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast(precision, device):
-            losses = net(images, labels)
-        loss = losses["loss"]
-        if not torch.isfinite(loss).item():
+        try:
+            losses, lr = train_step(
+                net, optimizer, transform, next(batches), iteration, config, run
+            )
+        except TrainingDiverged as error:
             where = (
                 f"the last good checkpoint is {latest}" if latest.exists() else "no checkpoint yet"
             )
             raise TrainingDiverged(
-                f"loss is {loss.item()} at iteration {iteration + 1} ({where}); "
-                "lower the learning rate or check the data"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+                f"{error} ({where}); lower the learning rate or check the data"
+            ) from None
         iteration += 1
         bar.update(1)
         if iteration % config.log_interval == 0 or iteration == config.iters:
-            elapsed = time.perf_counter() - tic
             row = {
                 "iter": iteration,
                 "lr": lr,
-                **{k: float(v.detach()) for k, v in losses.items()},
-                "time": elapsed,
+                **{k: float(v) for k, v in losses.items()},
+                "time": time.perf_counter() - tic,
             }
             log_row(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}")
         if config.checkpoint_interval and iteration % config.checkpoint_interval == 0:
-            save_state(iteration)
+            save_state(latest, raw_model, optimizer, iteration, config, run)
         if val_set is not None and (
             iteration % config.val_interval == 0 or iteration == config.iters
         ):
             last_val = validate(
-                _unwrap(net), val_set, device, rank, world, config.val_max_images, progress
+                raw_model,
+                val_set,
+                run.device,
+                run.rank,
+                run.world,
+                config.val_max_images,
+                progress,
             )
             log_row(
                 {
@@ -387,62 +517,122 @@ def train(config: TrainConfig, progress: bool = True) -> tuple[EMANet, dict]:
             net.train()
     bar.close()
     if config.checkpoint_interval == 0 or iteration % config.checkpoint_interval:
-        save_state(iteration)
-    if rank == 0:
-        save_checkpoint(
-            work_dir / "model.pth",
-            _unwrap(net),
-            preset=preset.name,
-            classes=list(CLASSES),
-            palette=[tuple(c) for c in PALETTE],
-            meta={"iterations": iteration, "config": _config_to_json(config), "val": last_val},
-        )
-        try:
-            from .viz import plot_training_curves
-
-            plot_training_curves(metrics_path).savefig(work_dir / "curves.png", dpi=100)
-        except Exception as error:  # a plot must never lose a finished run
-            log.warning("could not draw the training curves: %s", error)
-    if world > 1:
+        save_state(latest, raw_model, optimizer, iteration, config, run)
+    if run.rank == 0:
+        _write_results(work_dir, raw_model, config, iteration, last_val, metrics_path)
+    if run.world > 1:
         dist.barrier()
-    return _unwrap(net), last_val
+    return raw_model, last_val
+
+
+def _write_results(
+    work_dir: Path,
+    model: EMANet,
+    config: TrainConfig,
+    iteration: int,
+    last_val: dict,
+    metrics_path: Path,
+) -> None:
+    """``model.pth`` (our format) and ``curves.png`` of a finished run."""
+    save_checkpoint(
+        work_dir / "model.pth",
+        model,
+        preset=model.preset.name,
+        classes=list(CLASSES),
+        palette=[tuple(c) for c in PALETTE],
+        meta={"iterations": iteration, "config": _config_to_json(config), "val": last_val},
+    )
+    try:
+        from .viz import plot_training_curves
+
+        plot_training_curves(metrics_path).savefig(work_dir / "curves.png", dpi=100)
+    except Exception as error:  # a plot must never lose a finished run
+        log.warning("could not draw the training curves: %s", error)
+
+
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """``emanet train``'s options; every default is :class:`TrainConfig`'s and each option's
+    ``dest`` is the field it sets."""
     parser = parser or argparse.ArgumentParser(prog="emanet train", description=__doc__)
+    d = _DEFAULTS
     parser.add_argument("--preset", required=True, help="preset name, e.g. emanet_r18-d8_toycity")
-    parser.add_argument("--data", required=True, help="Cityscapes root (leftImg8bit/, gtFine/)")
+    parser.add_argument(
+        "--data", dest="data_root", required=True, help="Cityscapes root (leftImg8bit/, gtFine/)"
+    )
     parser.add_argument("--work-dir", required=True, help="checkpoints, logs and curves go here")
-    parser.add_argument("--iters", type=int, default=80_000)
-    parser.add_argument("--batch-size", type=int, default=2, help="per process")
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"))
+    parser.add_argument("--iters", type=int, default=d["iters"], help=f"default {d['iters']}")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=d["batch_size"],
+        help=f"per process (default {d['batch_size']})",
+    )
+    parser.add_argument("--lr", type=float, default=d["lr"], help=f"default {d['lr']}")
+    parser.add_argument(
+        "--crop-size", type=int, nargs=2, metavar=("H", "W"), help="default: the preset's"
+    )
     parser.add_argument(
         "--scale",
+        dest="train_scale",
         type=int,
         nargs=2,
         metavar=("LONG", "SHORT"),
         help="random-resize base scale (default: the preset's, 2048 1024)",
     )
     parser.add_argument("--val-scale", type=int, nargs=2, metavar=("LONG", "SHORT"))
-    parser.add_argument("--checkpoint-interval", type=int, default=1000)
-    parser.add_argument("--val-interval", type=int, default=0, help="0: no periodic validation")
-    parser.add_argument("--val-max-images", type=int)
-    parser.add_argument("--log-interval", type=int, default=10)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--checkpoint-interval",
+        type=int,
+        default=d["checkpoint_interval"],
+        help=f"iterations between latest.pth saves (default {d['checkpoint_interval']})",
+    )
+    parser.add_argument(
+        "--val-interval",
+        type=int,
+        default=d["val_interval"],
+        help=f"iterations between validations, 0: none (default {d['val_interval']})",
+    )
+    parser.add_argument("--val-max-images", type=int, default=d["val_max_images"])
+    parser.add_argument(
+        "--log-interval", type=int, default=d["log_interval"], help=f"default {d['log_interval']}"
+    )
+    parser.add_argument(
+        "--workers",
+        dest="num_workers",
+        type=int,
+        default=d["num_workers"],
+        help="DataLoader workers per process (default: min(8, usable CPU cores per process))",
+    )
+    parser.add_argument("--seed", type=int, default=d["seed"], help=f"default {d['seed']}")
+    parser.add_argument(
+        "--pretrained",
+        default=d["pretrained"],
+        help="backbone weights: open-mmlab://resnet50_v1c, a URL or a path, or 'none' "
+        "(default: the preset's ImageNet backbone, none with --init or when resuming)",
+    )
     parser.add_argument("--init", help="initial weights: path, URL or zoo name (non-strict)")
     parser.add_argument("--resume", action="store_true", help="continue from work-dir/latest.pth")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument(
+        "--device", help="cpu, cuda (this process's GPU: LOCAL_RANK's under torchrun), cuda:N"
+    )
     parser.add_argument(
         "--precision",
-        choices=("bf16", "fp32"),
+        choices=TRAIN_PRECISIONS,
+        default=d["precision"],
         help="autocast precision (default: bf16 on CUDA, fp32 on CPU)",
     )
     parser.add_argument(
         "--channels-last",
         action="store_true",
         help="channels_last memory format (faster convolutions on CPU and on GPUs in bf16)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the training step (the first iterations compile)",
     )
     parser.add_argument(
         "--snapshot-bases",
@@ -453,29 +643,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        preset=args.preset,
-        data_root=args.data,
-        work_dir=args.work_dir,
-        iters=args.iters,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        crop_size=tuple(args.crop_size) if args.crop_size else None,
-        train_scale=tuple(args.scale) if args.scale else None,
-        val_scale=tuple(args.val_scale) if args.val_scale else None,
-        checkpoint_interval=args.checkpoint_interval,
-        val_interval=args.val_interval,
-        val_max_images=args.val_max_images,
-        log_interval=args.log_interval,
-        num_workers=args.workers,
-        seed=args.seed,
-        init=args.init,
-        resume=args.resume,
-        device=args.device,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        snapshot_bases=args.snapshot_bases,
-    )
+    """The :class:`TrainConfig` of parsed :func:`build_parser` options (lists become tuples)."""
+    values = {}
+    for f in fields(TrainConfig):
+        if hasattr(args, f.name):
+            value = getattr(args, f.name)
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+    return TrainConfig(**values)
 
 
 def main(argv: list[str] | None = None) -> int:

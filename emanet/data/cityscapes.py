@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
 
 __all__ = [
     "Label",
@@ -217,6 +219,32 @@ def _read(path: Path, mode: str | None = None) -> np.ndarray:
         raise OSError(f"cannot read {path}: {error}") from error
 
 
+def _decode(path: Path, mode: ImageReadMode) -> torch.Tensor | None:
+    """torchvision.io's decoder (libpng/libjpeg, faster than Pillow): ``(C, H, W)``, or
+    ``None`` for a file it cannot read (missing, damaged), which :func:`_read` then reports."""
+    try:
+        return decode_image(read_file(str(path)), mode=mode)
+    except (RuntimeError, OSError, ValueError):
+        return None
+
+
+def _read_rgb(path: Path) -> torch.Tensor:
+    """``(3, H, W)`` uint8 RGB of an image file (Pillow for what torchvision.io cannot)."""
+    data = _decode(path, ImageReadMode.RGB)
+    if data is not None and data.dtype == torch.uint8 and data.shape[0] == 3:
+        return data
+    return torch.from_numpy(_read(path, "RGB")).permute(2, 0, 1)
+
+
+def _read_values(path: Path) -> np.ndarray:
+    """The stored values of a label file: ``(H, W)`` for a one-channel 8-bit PNG; palette
+    indices, 16-bit or several channels as Pillow gives them (the caller checks them)."""
+    data = _decode(path, ImageReadMode.UNCHANGED)
+    if data is not None and data.dtype == torch.uint8 and data.shape[0] == 1:
+        return data[0].numpy()
+    return _read(path)
+
+
 def _find_images(image_dir: Path) -> list[Path]:
     """All ``{city}/*_leftImg8bit.png`` under a split folder, sorted (deterministic order)."""
     return sorted(p for p in image_dir.glob(f"*/*{_IMAGE_SUFFIX}") if p.is_file())
@@ -290,29 +318,44 @@ class CityscapesDataset(Dataset):
                 other than 0-18 and 255 (the message names the file).
         """
         path = self.labels[index]
-        values = _read(path)
+        values = _read_values(path)
         if values.ndim != 2 or not np.issubdtype(values.dtype, np.integer):
             raise ValueError(
                 f"{path}: a label map must be one channel of integers, "
                 f"got shape {values.shape} of {values.dtype}"
             )
         if path.name.endswith(_TRAIN_IDS_SUFFIX):
-            bad = ~_VALID_TRAIN_IDS[np.clip(values, 0, 255)] | (values < 0) | (values > 255)
-            if bad.any():
-                found = sorted(int(v) for v in np.unique(values[bad]))[:10]
-                raise ValueError(f"{path}: values {found} are not trainIds (0-18 or 255)")
-            return values.astype(np.uint8)
+            if values.dtype == np.uint8:  # a histogram: one pass, no temporary masks
+                present = np.flatnonzero(np.bincount(values.ravel(), minlength=256))
+                found = [int(v) for v in present if not _VALID_TRAIN_IDS[v]]
+            else:
+                bad = ~_VALID_TRAIN_IDS[np.clip(values, 0, 255)] | (values < 0) | (values > 255)
+                found = sorted(int(v) for v in np.unique(values[bad]))
+            if found:
+                raise ValueError(f"{path}: values {found[:10]} are not trainIds (0-18 or 255)")
+            return values.astype(np.uint8, copy=False)
         return label_ids_to_train_ids(values)
 
-    def __getitem__(self, index: int):
-        image = _read(self.images[index], "RGB")
+    def load_pair(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image ``index`` as ``(3, H, W)`` uint8 RGB and its ``(H, W)`` uint8 trainIds, as
+        tensors (decoded by torchvision.io; what the trainer reads).
+
+        Raises:
+            OSError, ValueError: as :meth:`load_label`, or the two sizes differ.
+        """
+        image = _read_rgb(self.images[index])
         label = self.load_label(index)
-        if image.shape[:2] != label.shape:
+        if tuple(image.shape[1:]) != label.shape:
             raise ValueError(
-                f"{self.images[index]} is {image.shape[1]}x{image.shape[0]} but its label "
+                f"{self.images[index]} is {image.shape[2]}x{image.shape[1]} but its label "
                 f"{self.labels[index]} is {label.shape[1]}x{label.shape[0]}"
             )
-        image, label = Image.fromarray(image, "RGB"), Image.fromarray(label, "L")
+        return image, torch.from_numpy(label)
+
+    def __getitem__(self, index: int):
+        image, label = self.load_pair(index)
+        image = Image.fromarray(image.permute(1, 2, 0).numpy(), "RGB")
+        label = Image.fromarray(label.numpy(), "L")
         if self.transforms is not None:
             return self.transforms(image, label)
         return image, label

@@ -1,4 +1,4 @@
-"""Joint image/label pipelines of mmsegmentation's Cityscapes config, on torchvision.transforms.v2.
+"""Joint image/label pipelines of mmsegmentation's Cityscapes config.
 
 Training (``TrainTransform``), in mmsegmentation's order:
 
@@ -12,9 +12,13 @@ Training (``TrainTransform``), in mmsegmentation's order:
 5. Normalisation with the ImageNet mean/std on 0-255 RGB, then padding to ``crop_size``
    bottom/right (image 0, i.e. after normalisation; label 255).
 
-Images travel as ``tv_tensors.Image`` and labels as ``tv_tensors.Mask``: torchvision's v2 kernels
-then resize masks with nearest neighbour whatever interpolation the image uses, so a label map is
-never blended into class ids that were not there.
+Steps 1-3 and every random draw happen where the sample is loaded (:meth:`TrainTransform.sample`),
+steps 4-5 on the batch wherever it is trained (:meth:`TrainTransform.finish`, on the GPU in the
+trainer). Only the crop window of the resized image is ever computed, from the source pixels it
+needs, and labels are only ever resized with nearest neighbour, so a label map is never blended
+into class ids that were not there. The single-image classes (``RandomResize``, ``RandomCrop``,
+``PhotoMetricDistortion``) work on torchvision's ``tv_tensors``; ``TestTransform`` is the test
+pipeline.
 
 All randomness is drawn from torch's default generator: ``torch.manual_seed`` makes a run
 reproducible and DataLoader workers (which reseed torch per worker) get different augmentations.
@@ -23,13 +27,12 @@ A generator stored on the transform would instead be copied into every worker in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision import tv_tensors
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
@@ -44,6 +47,7 @@ __all__ = [
     "denormalize",
     "keep_ratio_size",
     "normalize",
+    "resized_window",
 ]
 
 # ImageNet statistics on the 0-255 scale, RGB order (mmsegmentation's Cityscapes config).
@@ -172,6 +176,77 @@ def _resize_pair(
     return image, label
 
 
+def _nearest_source(in_size: int, out_size: int) -> torch.Tensor:
+    """Source index of every output index of a nearest-neighbour resize ``in -> out``:
+    ``floor(i * in / out)`` as ``F.interpolate(mode="nearest")`` (and OpenCV's INTER_NEAREST)
+    computes it, in float32."""
+    scale = torch.tensor(float(in_size)) / out_size
+    index = (torch.arange(out_size, dtype=torch.float32) * scale).floor().long()
+    return index.clamp_(max=in_size - 1)
+
+
+def _linear_source(
+    in_size: int, out_size: int, start: int, length: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear taps of output indices ``start .. start + length`` of a resize ``in -> out``
+    (``align_corners=False``, no antialiasing: torch's and OpenCV's INTER_LINEAR rule).
+
+    Returns ``(i0, i1, weight)``: each output is ``(1 - weight) * in[i0] + weight * in[i1]``.
+    """
+    scale = torch.tensor(float(in_size)) / out_size
+    dst = torch.arange(start, start + length, dtype=torch.float32)
+    src = ((dst + 0.5) * scale - 0.5).clamp_(min=0.0)
+    i0 = src.long()
+    return i0, (i0 + 1).clamp_(max=in_size - 1), src - i0
+
+
+def _gather_2d(plane: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``plane[..., rows[:, None], cols[None, :]]`` for a ``(..., H, W)`` tensor, fast: whole
+    rows are copied first (contiguous), then the columns gathered along the last dimension."""
+    picked = plane.index_select(-2, rows)
+    index = cols.expand(*picked.shape[:-1], -1)
+    return picked.gather(-1, index)
+
+
+def resized_window(image: torch.Tensor, size: Sequence[int], window: Sequence[int]) -> torch.Tensor:
+    """A window of the bilinear resize of ``image`` to ``size``, computed alone.
+
+    Equal (to float rounding, then rounded to integers for uint8) to
+    ``F.interpolate(image, size, mode="bilinear", align_corners=False)`` cropped to
+    ``window``, at a cost proportional to the window rather than to the resized image.
+
+    Args:
+        image: ``(C, H, W)`` uint8 or float.
+        size: ``(h, w)`` of the whole resized image.
+        window: ``(top, left, height, width)`` inside it.
+
+    Returns:
+        ``(C, height, width)`` of ``image``'s dtype (uint8 rounded to nearest).
+    """
+    top, left, height, width = (int(v) for v in window)
+    in_h, in_w = image.shape[-2:]
+    if (in_h, in_w) == tuple(size):
+        return image[..., top : top + height, left : left + width]
+    y0, y1, wy = _linear_source(in_h, size[0], top, height)
+    x0, x1, wx = _linear_source(in_w, size[1], left, width)
+    # Only the band of source columns the window reads, rows interpolated first (whole-row
+    # copies), then columns (a gather along the last dimension).
+    c0, c1 = int(x0[0]), int(x1[-1]) + 1
+    band = image[..., c0:c1]
+    rows = torch.lerp(
+        band.index_select(-2, y0).float(), band.index_select(-2, y1).float(), wy[:, None]
+    )
+    x0, x1 = x0 - c0, x1 - c0
+    out = torch.lerp(
+        rows.gather(-1, x0.expand(*rows.shape[:-1], -1)),
+        rows.gather(-1, x1.expand(*rows.shape[:-1], -1)),
+        wx,
+    )
+    if image.dtype == torch.uint8:
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+    return out.to(image.dtype)
+
+
 class RandomResize:
     """mmsegmentation's ``RandomResize(scale, ratio_range, keep_ratio=True)``.
 
@@ -230,8 +305,21 @@ class RandomCrop:
 
     def is_balanced(self, label: torch.Tensor) -> bool:
         """mmseg's acceptance test: >1 labelled class and none with ``cat_max_ratio`` or more."""
+        if label.dtype == torch.uint8:
+            # A histogram of 256 bins is several times faster than unique() on a large crop.
+            return self.is_balanced_histogram(torch.bincount(label.reshape(-1), minlength=256))
         values, counts = torch.unique(label, return_counts=True)
         counts = counts[values != self.ignore_index]
+        if counts.numel() <= 1:
+            return False
+        return counts.max().item() / counts.sum().item() < self.cat_max_ratio
+
+    def is_balanced_histogram(self, counts: torch.Tensor) -> bool:
+        """:meth:`is_balanced` of a label given by its histogram (``counts[class id]``)."""
+        if 0 <= self.ignore_index < counts.numel():
+            counts = counts.clone()
+            counts[self.ignore_index] = 0
+        counts = counts[counts > 0]
         if counts.numel() <= 1:
             return False
         return counts.max().item() / counts.sum().item() < self.cat_max_ratio
@@ -239,11 +327,25 @@ class RandomCrop:
     def sample_window(self, label: torch.Tensor) -> tuple[int, int, int, int]:
         """``(top, left, height, width)`` of the crop for a ``(..., H, W)`` label."""
         height, width = label.shape[-2:]
+        return self.sample_window_of(
+            height,
+            width,
+            lambda top, left, h, w: self.is_balanced(label[..., top : top + h, left : left + w]),
+        )
+
+    def sample_window_of(
+        self,
+        height: int,
+        width: int,
+        is_balanced: Callable[[int, int, int, int], bool],
+    ) -> tuple[int, int, int, int]:
+        """:meth:`sample_window` for an ``height x width`` label that is never computed whole:
+        ``is_balanced(top, left, h, w)`` tells whether a window passes (e.g. its label resized
+        on the fly, see :meth:`TrainTransform.sample`)."""
         window = self._draw_window(height, width)
         if self.cat_max_ratio < 1.0:
             for _ in range(self.max_retries):
-                top, left, h, w = window
-                if self.is_balanced(label[..., top : top + h, left : left + w]):
+                if is_balanced(*window):
                     break
                 window = self._draw_window(height, width)
         return window
@@ -260,10 +362,11 @@ class RandomCrop:
 
 
 def _rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
-    """``(3, H, W)`` float RGB -> HSV with H in degrees [0, 360), S in [0, 1], V as the input."""
-    r, g, b = rgb.unbind(0)
-    v, _ = rgb.max(dim=0)
-    chroma = v - rgb.min(dim=0).values
+    """``(..., 3, H, W)`` float RGB -> HSV with H in degrees [0, 360), S in [0, 1], V as the
+    input."""
+    r, g, b = rgb.unbind(-3)
+    v, _ = rgb.max(dim=-3)
+    chroma = v - rgb.min(dim=-3).values
     safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
     hue = torch.where(
         v == r,
@@ -274,17 +377,17 @@ def _rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
     sat = torch.where(
         v > 0, chroma / torch.where(v > 0, v, torch.ones_like(v)), torch.zeros_like(v)
     )
-    return torch.stack([hue, sat, v])
+    return torch.stack([hue, sat, v], dim=-3)
 
 
 def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`_rgb_to_hsv`."""
-    hue, sat, v = hsv.unbind(0)
+    hue, sat, v = hsv.unbind(-3)
     channels = []
     for n in (5.0, 3.0, 1.0):  # R, G, B
         k = torch.remainder(n + hue / 60.0, 6.0)
         channels.append(v - v * sat * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))
-    return torch.stack(channels)
+    return torch.stack(channels, dim=-3)
 
 
 def _uniform(low: float, high: float) -> float:
@@ -296,7 +399,7 @@ def _coin() -> bool:
 
 
 class PhotoMetricDistortion:
-    """mmsegmentation's ``PhotoMetricDistortion`` on a ``(3, H, W)`` 0-255 image.
+    """mmsegmentation's ``PhotoMetricDistortion`` on 0-255 images, one or a batch at a time.
 
     In order, each with probability 0.5: add ``U(-32, 32)`` (brightness); multiply by
     ``U(0.5, 1.5)`` ("contrast" in mmseg, a plain gain), either here or at the end, at random;
@@ -304,7 +407,23 @@ class PhotoMetricDistortion:
     OpenCV's 2-degree units. Values are clipped to 0-255 and truncated to integers after each
     gain/offset, as mmseg's uint8 arrays are. HSV is computed in float here (OpenCV quantises
     H, S, V to 8 bits), which only moves values by a rounding step.
+
+    The random draws (:meth:`sample_params`, on the CPU, e.g. in a DataLoader worker under the
+    sample's seed) are separate from the pixel work (:meth:`apply`, on a batch, on any device),
+    so the trainer distorts its batches on the GPU with each sample's own parameters.
     """
+
+    #: The entries of a parameter vector: a skipped step has the identity value (a gain or
+    #: offset on integers 0-255 is then exact; the HSV round trips have an on/off flag).
+    PARAMS = (
+        "brightness",
+        "contrast_first",
+        "saturation_on",
+        "saturation",
+        "hue_on",
+        "hue",
+        "contrast_last",
+    )
 
     def __init__(
         self,
@@ -318,36 +437,65 @@ class PhotoMetricDistortion:
         self.saturation_range = tuple(saturation_range)
         self.hue_delta = hue_delta
 
+    @classmethod
+    def identity_params(cls) -> torch.Tensor:
+        """``(len(PARAMS),)`` float32 parameters that leave an image unchanged."""
+        return torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+
+    def sample_params(self) -> torch.Tensor:
+        """Draw one image's parameters from torch's generator, in mmseg's order.
+
+        Returns:
+            ``(len(PARAMS),)`` float32.
+        """
+        params = self.identity_params()
+        if _coin():
+            params[0] = _uniform(-self.brightness_delta, self.brightness_delta)
+        contrast_first = _coin()
+        if contrast_first and _coin():
+            params[1] = _uniform(*self.contrast_range)
+        if _coin():
+            params[2], params[3] = 1.0, _uniform(*self.saturation_range)
+        if _coin():
+            params[4] = 1.0
+            params[5] = int(torch.randint(-self.hue_delta, self.hue_delta, ()).item())
+        if not contrast_first and _coin():
+            params[6] = _uniform(*self.contrast_range)
+        return params
+
     @staticmethod
-    def _gain_offset(img: torch.Tensor, alpha: float = 1.0, beta: float = 0.0) -> torch.Tensor:
+    def _gain_offset(img: torch.Tensor, alpha=1.0, beta=0.0) -> torch.Tensor:
         # clip then truncate, like np.clip(...).astype(np.uint8)
         return (img * alpha + beta).clamp(0.0, 255.0).floor()
 
-    def _contrast(self, img: torch.Tensor) -> torch.Tensor:
-        if _coin():
-            img = self._gain_offset(img, alpha=_uniform(*self.contrast_range))
-        return img
+    @classmethod
+    def apply(cls, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Distort a batch, each image with its own parameters.
+
+        Args:
+            images: ``(B, 3, H, W)`` float, integer values 0-255, any device.
+            params: ``(B, len(PARAMS))`` from :meth:`sample_params`.
+
+        Returns:
+            ``(B, 3, H, W)`` float32 with integer values 0-255.
+        """
+        p = params.to(images.device, torch.float32).view(*params.shape, 1, 1, 1).unbind(1)
+        brightness, contrast_first, sat_on, saturation, hue_on, hue, contrast_last = p
+        img = cls._gain_offset(images.float(), beta=brightness)
+        img = cls._gain_offset(img, alpha=contrast_first)
+        hsv = _rgb_to_hsv(img)
+        hsv = torch.stack([hsv[:, 0], (hsv[:, 1] * saturation[:, 0]).clamp(0.0, 1.0), hsv[:, 2]], 1)
+        img = torch.where(sat_on > 0, _hsv_to_rgb(hsv).round().clamp(0.0, 255.0), img)
+        hsv = _rgb_to_hsv(img)
+        hsv = torch.stack(
+            [torch.remainder(hsv[:, 0] + 2.0 * hue[:, 0], 360.0), *hsv[:, 1:].unbind(1)], 1
+        )
+        img = torch.where(hue_on > 0, _hsv_to_rgb(hsv).round().clamp(0.0, 255.0), img)
+        return cls._gain_offset(img, alpha=contrast_last)
 
     def distort(self, img: torch.Tensor) -> torch.Tensor:
         """``(3, H, W)`` float 0-255 -> distorted ``(3, H, W)`` float with integer values."""
-        if _coin():
-            delta = self.brightness_delta
-            img = self._gain_offset(img, beta=_uniform(-delta, delta))
-        contrast_first = _coin()
-        if contrast_first:
-            img = self._contrast(img)
-        if _coin():
-            hsv = _rgb_to_hsv(img)
-            hsv[1] = (hsv[1] * _uniform(*self.saturation_range)).clamp(0.0, 1.0)
-            img = _hsv_to_rgb(hsv).round().clamp(0.0, 255.0)
-        if _coin():
-            shift = int(torch.randint(-self.hue_delta, self.hue_delta, ()).item())
-            hsv = _rgb_to_hsv(img)
-            hsv[0] = torch.remainder(hsv[0] + 2.0 * shift, 360.0)
-            img = _hsv_to_rgb(hsv).round().clamp(0.0, 255.0)
-        if not contrast_first:
-            img = self._contrast(img)
-        return img
+        return self.apply(img[None], self.sample_params()[None])[0]
 
     def __call__(self, image: tv_tensors.Image, label: tv_tensors.Mask):
         out = self.distort(image.as_subclass(torch.Tensor).float())
@@ -367,6 +515,16 @@ class TrainTransform:
     Returns:
         ``image`` float32 ``(3, crop_h, crop_w)``, normalised, zero where padded;
         ``label`` int64 ``(crop_h, crop_w)``, ``ignore_index`` where padded.
+
+    The call is two halves that the trainer runs in two places:
+
+    * :meth:`sample` (the DataLoader worker, under the sample's seed): every random draw, and
+      the geometry on uint8 values. The random resize is never computed whole: the crop window
+      is drawn on the resized label computed window by window (nearest neighbour), and only
+      the window of the resized image is interpolated, from the source pixels it needs
+      (bilinear, as ``F.interpolate(..., align_corners=False)`` of the whole image would).
+    * :meth:`finish` (the training step, on the batch, on the GPU): photometric distortion with
+      each sample's drawn parameters, normalisation, zero padding.
     """
 
     def __init__(
@@ -384,30 +542,81 @@ class TrainTransform:
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         self.resize = RandomResize(scale, ratio_range)
         self.crop = RandomCrop(crop_size, cat_max_ratio, ignore_index)
-        # v2's flip draws from torch's generator and flips Image and Mask together.
-        self.flip = v2.RandomHorizontalFlip(flip_prob)
+        self.flip_prob = flip_prob
         self.photometric = PhotoMetricDistortion() if photometric else None
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.ignore_index = ignore_index
 
     def __call__(self, image: ImageLike, label: ImageLike) -> tuple[torch.Tensor, torch.Tensor]:
+        img, lbl, params = self.sample(image, label)
+        return self.finish(img[None], params[None])[0], lbl.long()
+
+    def sample(
+        self, image: ImageLike, label: ImageLike
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The random, geometric half: resize, crop (cat_max_ratio), flip; draw the colours.
+
+        Returns:
+            ``image`` uint8 ``(3, crop_h, crop_w)`` (zero where padded); ``label``
+            ``(crop_h, crop_w)`` (uint8, or int64 for an ignore index above 255;
+            ``ignore_index`` where padded); ``params`` float32 ``(2 + P,)``: the valid height
+            and width, then the :class:`PhotoMetricDistortion` parameters.
+        """
         img, lbl = _as_image(image), _as_mask(label)
         _check_same_size(img, lbl)
-        img, lbl = self.resize(img, lbl)
-        img, lbl = self.crop(img, lbl)
-        img, lbl = self.flip(img, lbl)
-        if self.photometric is not None:
-            img, lbl = self.photometric(img, lbl)
-        out = normalize(img, self.mean, self.std)
-        lbl = lbl.as_subclass(torch.Tensor)[0].long()
-        # Pad after normalising (as mmseg's Pad / data preprocessor do): image 0, label ignore.
-        pad_h = self.crop_size[0] - out.shape[-2]
-        pad_w = self.crop_size[1] - out.shape[-1]
+        img, lbl = img.as_subclass(torch.Tensor), lbl.as_subclass(torch.Tensor)[0]
+        if lbl.dtype != torch.uint8 and lbl.min() >= 0 and lbl.max() <= 255:
+            lbl = lbl.to(torch.uint8)
+        height, width = img.shape[-2:]
+        size = keep_ratio_size(height, width, self.resize.sample_scale())
+        rows, cols = _nearest_source(height, size[0]), _nearest_source(width, size[1])
+
+        def window_label(top: int, left: int, h: int, w: int) -> torch.Tensor:
+            return _gather_2d(lbl, rows[top : top + h], cols[left : left + w])
+
+        def is_balanced(*window: int) -> bool:
+            return self.crop.is_balanced(window_label(*window))
+
+        window = self.crop.sample_window_of(size[0], size[1], is_balanced)
+        lbl, img = window_label(*window), resized_window(img, size, window)
+        if torch.rand(()).item() < self.flip_prob:
+            img, lbl = img.flip(-1), lbl.flip(-1)
+        colours = (
+            self.photometric.sample_params()
+            if self.photometric is not None
+            else PhotoMetricDistortion.identity_params()
+        )
+        h, w = lbl.shape
+        pad_h, pad_w = self.crop_size[0] - h, self.crop_size[1] - w
         if pad_h > 0 or pad_w > 0:
-            out = torch.nn.functional.pad(out, (0, pad_w, 0, pad_h), value=0.0)
+            img = torch.nn.functional.pad(img, (0, pad_w, 0, pad_h), value=0)
+            if self.ignore_index > 255:
+                lbl = lbl.long()
             lbl = torch.nn.functional.pad(lbl, (0, pad_w, 0, pad_h), value=self.ignore_index)
-        return out, lbl
+        params = torch.cat([torch.tensor([float(h), float(w)]), colours])
+        return img.contiguous(), lbl.contiguous(), params
+
+    def finish(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """The pixel half, on a batch from :meth:`sample`, on any device.
+
+        Args:
+            images: ``(B, 3, crop_h, crop_w)`` uint8 (or float with integer values 0-255).
+            params: ``(B, 2 + P)`` from :meth:`sample`.
+
+        Returns:
+            ``(B, 3, crop_h, crop_w)`` float32: distorted, normalised, zero outside each
+            sample's valid region (padding comes after normalisation, as in mmseg).
+        """
+        params = params.to(images.device, torch.float32)
+        out = images.float()
+        if self.photometric is not None:
+            out = self.photometric.apply(out, params[:, 2:])
+        out = normalize(out, self.mean, self.std)
+        ys = torch.arange(out.shape[-2], device=out.device).view(1, -1, 1)
+        xs = torch.arange(out.shape[-1], device=out.device).view(1, 1, -1)
+        valid = (ys < params[:, 0].view(-1, 1, 1)) & (xs < params[:, 1].view(-1, 1, 1))
+        return out * valid.unsqueeze(1)
 
 
 class TestTransform:

@@ -1,0 +1,97 @@
+"""Where and how a model runs: the device a name means, the cores a process may use, the wrapped
+module (DDP, ``torch.compile``) unwrapped, and compilation that says that it compiles.
+
+``"cuda"`` without an index means *this process's* GPU: under ``torchrun`` the one of its
+``LOCAL_RANK``, otherwise the current CUDA device. ``torch.cuda.set_device("cuda")`` refuses a
+device without an index, so every place that takes a ``--device`` resolves it here first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch import nn
+
+__all__ = ["announce_compilation", "compile_module", "resolve_device", "unwrap", "usable_cpus"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The :class:`torch.device` that ``device`` names, with a CUDA index filled in.
+
+    Args:
+        device: ``None`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` (this process's
+            GPU: ``LOCAL_RANK``'s under torchrun, else the current one), ``"cuda:N"``, or any
+            other device type torch knows (``"mps"``, ...), passed through.
+
+    Raises:
+        ValueError: the name is not a device, or it names a GPU that this machine lacks (the
+            message says what is available).
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type != "cuda":
+        return dev
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"device {str(device)!r} asks for CUDA, but this PyTorch ({torch.__version__}) sees "
+            "no CUDA GPU; use --device cpu"
+        )
+    count = torch.cuda.device_count()
+    index = dev.index
+    if index is None:
+        local_rank = os.environ.get("LOCAL_RANK")
+        index = int(local_rank) if local_rank is not None else torch.cuda.current_device()
+    if not 0 <= index < count:
+        raise ValueError(
+            f"device {str(device)!r} means cuda:{index}, but this machine has {count} CUDA "
+            f"device(s) (cuda:0 to cuda:{count - 1})"
+        )
+    return torch.device("cuda", index)
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may use: its affinity mask (what ``taskset``, cgroups and SLURM
+    leave it) shared among the processes torchrun started on this machine, at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    return max(1, cores // max(1, per_node))
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The model inside ``DataParallel``/``DistributedDataParallel`` and ``torch.compile``
+    wrappers (any nesting), e.g. to save or inspect it; other modules are returned as they are."""
+    while True:
+        if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            module = module.module
+        elif isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            module = module._orig_mod  # torch.compile's OptimizedModule
+        else:
+            return module
+
+
+def compile_module(module: nn.Module) -> nn.Module:
+    """Compile ``module`` in place with ``torch.compile``: its ``__call__``, so every method that
+    calls ``self(...)`` (``inference``, slide windows) runs compiled. Compilation itself happens
+    lazily, on the first call of each input shape; call :func:`announce_compilation` then.
+    Returns ``module``."""
+    module.compile()
+    return module
+
+
+def announce_compilation(what: str) -> None:
+    """Log, once per first use, that ``what`` is being compiled (so a slow call is explained)."""
+    log.info(
+        "compiling %s with torch.compile: the first call (and each new input size) takes a while",
+        what,
+    )
