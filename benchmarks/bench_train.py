@@ -1,13 +1,18 @@
-"""Training throughput of the small preset on this machine, and whether data loading keeps up.
+"""Training throughput as `emanet train` runs it, and whether its loader keeps up.
 
-Measures, in one run, on a toy city (generated into a temporary folder unless --data is given):
+Builds everything with the trainer's own functions (emanet.train: build_training_model,
+build_loaders, wrap_for_training, train_step), on a toy city (generated into a temporary folder
+unless --data is given), and measures in one run:
 
-    loader   images/s of the DataLoader alone (decode + the full mmseg train pipeline)
-    step     images/s of forward + backward + SGD step on ready tensors
-    train    images/s of the two together, as `emanet train` runs them
+    loader   images/s of the trainer's DataLoader alone (decode, windowed resize, crop, flip,
+             colour parameters per sample)
+    step     images/s of train_step on ready batches (colours + normalisation on the device,
+             forward, backward, SGD step)
+    train    images/s of the two together, as the training loop runs them
 
-and prints loader/step: above 1 the loader keeps up (with that many workers).
+and prints loader/step (images/s): above 1 the loader keeps up (with that many workers).
 Usage: python benchmarks/bench_train.py [--data ROOT] [--batch-size 8] [--workers 1]
+       [--device cpu] [--precision fp32] [--compile]
 """
 
 from __future__ import annotations
@@ -17,12 +22,17 @@ import tempfile
 import time
 
 import torch
-from torch.utils.data import DataLoader
 
-from emanet import build_model
-from emanet.data import CityscapesDataset
 from emanet.data.toycity import generate_toycity
-from emanet.data.transforms import TrainTransform
+from emanet.presets import get_preset
+from emanet.train import (
+    TrainConfig,
+    build_loaders,
+    build_training_model,
+    setup_run,
+    train_step,
+    wrap_for_training,
+)
 
 
 def main() -> None:
@@ -34,63 +44,65 @@ def main() -> None:
     parser.add_argument("--scale", type=int, nargs=2, default=(512, 256))
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16"))
+    parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
-    torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data or generate_toycity(tmp, train=24, val=0, size=(256, 512), seed=0)
-        dataset = CityscapesDataset(
-            root,
-            "train",
-            transforms=TrainTransform(crop_size=tuple(args.crop), scale=tuple(args.scale)),
-        )
-        loader = DataLoader(
-            dataset,
+        config = TrainConfig(
+            preset=args.preset,
+            data_root=str(root),
+            work_dir=tmp,
             batch_size=args.batch_size,
-            shuffle=True,
+            crop_size=tuple(args.crop),
+            train_scale=tuple(args.scale),
             num_workers=args.workers,
-            drop_last=True,
-            persistent_workers=False,
+            pretrained="none",
+            device=args.device,
+            precision=args.precision,
+            compile=args.compile,
         )
-        model = build_model(args.preset).train()
+        preset = get_preset(config.preset)
+        run = setup_run(config)
+        model = build_training_model(config, preset, run, resuming=False)
+        net = wrap_for_training(model, config, run).train()
         optimizer = torch.optim.SGD(
-            [p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9
+            [p for p in model.parameters() if p.requires_grad], lr=config.lr, momentum=0.9
         )
+        loader, transform, _ = build_loaders(config, preset, run)
+        batches = iter(loader)
 
-        def step(images, labels):
-            loss = model.forward_train(images, labels)["loss"]
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        def sync():
+            if run.device.type == "cuda":
+                torch.cuda.synchronize(run.device)
 
-        def batches(n):
-            out = []
-            while len(out) < n:
-                for batch in loader:
-                    out.append(batch)
-                    if len(out) == n:
-                        break
-            return out
+        def step(batch, iteration=0):
+            train_step(net, optimizer, transform, batch, iteration, config, run)
 
-        batches(1)  # start-up cost out of the way
+        step(next(batches))  # start-up costs (workers, allocator, compilation) out of the way
         start = time.perf_counter()
-        ready = batches(args.steps)
+        ready = [next(batches) for _ in range(args.steps)]
         t_loader = time.perf_counter() - start
-        step(*ready[0])
+        sync()
         start = time.perf_counter()
-        for images, labels in ready:
-            step(images, labels)
+        for batch in ready:
+            step(batch)
+        sync()
         t_step = time.perf_counter() - start
         start = time.perf_counter()
-        for images, labels in batches(args.steps):
-            step(images, labels)
+        for _ in range(args.steps):
+            step(next(batches))
+        sync()
         t_train = time.perf_counter() - start
     n = args.steps * args.batch_size
     print(
-        f"{args.preset}, batch {args.batch_size}, crop {args.crop[0]}x{args.crop[1]}, "
-        f"{args.workers} loader worker(s), {torch.get_num_threads()} threads"
+        f"{args.preset} on {run.device} ({run.precision}{', compiled' if args.compile else ''}), "
+        f"batch {args.batch_size}, crop {args.crop[0]}x{args.crop[1]}, "
+        f"{loader.num_workers} loader worker(s), {torch.get_num_threads()} threads"
     )
     print(f"loader  {n / t_loader:7.2f} images/s")
-    print(f"step    {n / t_step:7.2f} images/s  ({t_step / args.steps:.2f} s per step)")
+    print(f"step    {n / t_step:7.2f} images/s  ({t_step / args.steps * 1e3:.1f} ms per step)")
     print(f"train   {n / t_train:7.2f} images/s")
     print(f"loader/step ratio {t_step / t_loader:.2f}  (>= 1: loading keeps up)")
 

@@ -16,10 +16,12 @@ from emanet.data.transforms import (
     RandomResize,
     TrainTransform,
     _hsv_to_rgb,
+    _nearest_source,
     _rgb_to_hsv,
     denormalize,
     keep_ratio_size,
     normalize,
+    resized_window,
 )
 from emanet.data.transforms import TestTransform as EvalTransform  # not a pytest class
 
@@ -346,3 +348,102 @@ def test_dataloader_workers_draw_different_augmentations():
     for i in range(4):
         for j in range(i + 1, 4):
             assert not torch.equal(images[i], images[j])
+
+
+# ----------------------------------------------------------------------------------------------
+# the loader's half and the device's half
+
+
+@pytest.mark.parametrize(
+    "in_hw, size, window",
+    [
+        ((40, 80), (100, 200), (13, 27, 32, 64)),  # upscale 2.5
+        ((40, 80), (17, 34), (0, 0, 17, 34)),  # downscale, the whole image
+        ((64, 96), (37, 55), (5, 9, 20, 30)),  # odd factors
+        ((30, 50), (61, 101), (61 - 16, 101 - 16, 16, 16)),  # bottom-right corner
+    ],
+)
+def test_resized_window_equals_the_window_of_the_whole_resize(in_hw, size, window):
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, *in_hw), dtype=torch.uint8, generator=gen)
+    top, left, h, w = window
+    whole = torch.nn.functional.interpolate(
+        image[None].float(), size=size, mode="bilinear", align_corners=False
+    )[0, :, top : top + h, left : left + w]
+    torch.testing.assert_close(
+        resized_window(image.float(), size, window), whole, rtol=0, atol=1e-3
+    )
+    out = resized_window(image, size, window)
+    assert out.dtype == torch.uint8 and out.shape == (3, h, w)
+    assert (out.float() - whole).abs().max() <= 0.5 + 1e-3  # rounded to nearest
+
+
+@pytest.mark.parametrize("in_size, out_size", [(40, 100), (100, 40), (37, 55), (1024, 1331)])
+def test_nearest_source_is_torch_nearest(in_size, out_size):
+    values = torch.arange(in_size, dtype=torch.float32).view(1, 1, 1, -1)
+    expected = torch.nn.functional.interpolate(values, size=(1, out_size), mode="nearest")
+    assert torch.equal(_nearest_source(in_size, out_size), expected.flatten().long())
+
+
+def _reference_pipeline(t: TrainTransform, image, label):
+    """The same draws through the single-image classes: whole resize (torchvision), crop,
+    flip, normalise, pad -- photometric off."""
+    img = tv_tensors.Image(F.pil_to_tensor(image))
+    lbl = tv_tensors.Mask(torch.from_numpy(np.array(label))[None])
+    img, lbl = t.resize(img, lbl)
+    img, lbl = t.crop(img, lbl)
+    if torch.rand(()).item() < t.flip_prob:
+        img, lbl = F.horizontal_flip(img), F.horizontal_flip(lbl)
+    out = normalize(img)
+    pad = (0, t.crop_size[1] - out.shape[-1], 0, t.crop_size[0] - out.shape[-2])
+    return torch.nn.functional.pad(out, pad), torch.nn.functional.pad(lbl[0].long(), pad, value=255)
+
+
+def test_windowed_pipeline_matches_the_whole_image_pipeline():
+    image, label = random_pair(48, 80, seed=7, values=(0, 1, 2, 255))
+    t = TrainTransform(
+        crop_size=(32, 40), scale=(80, 48), ratio_range=(0.5, 2.0), photometric=False
+    )
+    for seed in range(20):
+        torch.manual_seed(seed)
+        img, lbl = t(image, label)
+        torch.manual_seed(seed)
+        ref_img, ref_lbl = _reference_pipeline(t, image, label)
+        assert torch.equal(lbl, ref_lbl), seed  # same windows, same nearest labels
+        diff = (denormalize(img).int() - denormalize(ref_img).int()).abs()
+        assert diff.max() <= 1, seed  # bilinear: the same up to uint8 rounding
+        assert torch.equal(img == 0, ref_img == 0) or diff.max() == 1  # same padding
+
+
+def test_finish_on_a_batch_uses_each_samples_parameters():
+    t = TrainTransform(crop_size=(24, 32), scale=(60, 40))
+    pairs = [random_pair(40, 60, seed=s, values=(0, 1, 2)) for s in range(3)]
+    samples = []
+    for seed, (image, label) in enumerate(pairs):
+        torch.manual_seed(100 + seed)
+        samples.append(t.sample(image, label))
+    images = torch.stack([s[0] for s in samples])
+    params = torch.stack([s[2] for s in samples])
+    assert images.dtype == torch.uint8 and params.shape == (3, 2 + 7)
+    batch = t.finish(images, params)
+    for i, (image, label) in enumerate(pairs):
+        torch.manual_seed(100 + i)
+        alone, _ = t(image, label)  # the one-image call draws the same parameters
+        assert torch.equal(batch[i], alone)
+    assert not torch.equal(batch[0], batch[1])
+
+
+def test_photometric_parameters_identity_and_batch_apply():
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (4, 3, 6, 6)).astype(np.float32))
+    identity = PhotoMetricDistortion.identity_params().expand(4, -1)
+    assert torch.equal(PhotoMetricDistortion.apply(images, identity), images)
+    pmd = PhotoMetricDistortion()
+    params = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        params.append(pmd.sample_params())
+    batch = PhotoMetricDistortion.apply(images, torch.stack(params))
+    for i in range(4):
+        torch.manual_seed(i)
+        assert torch.equal(batch[i], pmd.distort(images[i]))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision import io as tv_io
 
 __all__ = [
     "Label",
@@ -219,18 +220,30 @@ def _read(path: Path, mode: str | None = None) -> np.ndarray:
         raise OSError(f"cannot read {path}: {error}") from error
 
 
-def _decode(path: Path, mode: ImageReadMode) -> torch.Tensor | None:
-    """torchvision.io's decoder (libpng/libjpeg, faster than Pillow): ``(C, H, W)``, or
-    ``None`` for a file it cannot read (missing, damaged), which :func:`_read` then reports."""
+# torchvision 0.29 deprecates its image decoders; a release without them falls back to Pillow.
+_TV_DECODERS = all(hasattr(tv_io, n) for n in ("decode_image", "read_file", "ImageReadMode"))
+
+
+def _decode(path: Path, rgb: bool) -> torch.Tensor | None:
+    """torchvision.io's decoder (libpng/libjpeg, a third faster than Pillow on Cityscapes'
+    PNGs): ``(C, H, W)``, or ``None`` where it cannot help (a file it cannot read, missing or
+    damaged, which :func:`_read` then reports; a torchvision without it)."""
+    if not _TV_DECODERS:
+        return None
+    mode = tv_io.ImageReadMode.RGB if rgb else tv_io.ImageReadMode.UNCHANGED
     try:
-        return decode_image(read_file(str(path)), mode=mode)
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its decoders in favour of TorchCodec (an FFmpeg
+            # dependency); they still work, and Pillow takes over once they are gone.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return tv_io.decode_image(tv_io.read_file(str(path)), mode=mode)
     except (RuntimeError, OSError, ValueError):
         return None
 
 
 def _read_rgb(path: Path) -> torch.Tensor:
     """``(3, H, W)`` uint8 RGB of an image file (Pillow for what torchvision.io cannot)."""
-    data = _decode(path, ImageReadMode.RGB)
+    data = _decode(path, rgb=True)
     if data is not None and data.dtype == torch.uint8 and data.shape[0] == 3:
         return data
     return torch.from_numpy(_read(path, "RGB")).permute(2, 0, 1)
@@ -239,7 +252,7 @@ def _read_rgb(path: Path) -> torch.Tensor:
 def _read_values(path: Path) -> np.ndarray:
     """The stored values of a label file: ``(H, W)`` for a one-channel 8-bit PNG; palette
     indices, 16-bit or several channels as Pillow gives them (the caller checks them)."""
-    data = _decode(path, ImageReadMode.UNCHANGED)
+    data = _decode(path, rgb=False)
     if data is not None and data.dtype == torch.uint8 and data.shape[0] == 1:
         return data[0].numpy()
     return _read(path)

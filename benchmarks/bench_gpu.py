@@ -1,0 +1,236 @@
+"""The four official models on one CUDA GPU, beside the model card (4x V100).
+
+For each official preset:
+
+* inference at its test setting (a 2048x1024 image: whole for 512x1024, slide 769x769 windows
+  for the 769 presets, test scale 2049x1025), batch 1, through ``Segmenter.infer`` (BatchNorm
+  folded, channels_last) in fp32, bf16 and fp16 autocast, and bf16 compiled: ms per image, fps
+  and peak memory;
+* training at the card's crop, batch 2, through the trainer's own ``train_step`` (colours and
+  normalisation on the GPU, forward, backward, SGD) in fp32 and bf16, eager and compiled:
+  ms per iteration and peak memory;
+
+then the trainer's loader on 2048x1024 PNGs: images/s per worker (see bench_loader.py). One table;
+the card's fps and training memory (V100, fp32) sit beside the rows they compare with.
+
+A configuration that fails prints its error in the table and the run goes on; configurations
+left when --budget seconds are spent are listed as skipped. Compiling costs most of the time:
+by default the training step is compiled for the first preset only (--compile-all for all).
+Usage: python benchmarks/bench_gpu.py [--presets NAME ...] [--budget 330] [--no-compile]
+       [--workers 4] [--warmup 3] [--iters 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from bench_loader import cpu_seconds_per_sample, loader_images_per_second, synthetic_city
+from PIL import Image
+
+from emanet import build_model
+from emanet.data.transforms import TrainTransform
+from emanet.predict import Segmenter
+from emanet.presets import get_preset
+from emanet.runtime import resolve_device
+from emanet.train import Run, TrainConfig, build_training_model, train_step, wrap_for_training
+
+#: The model card (mmsegmentation, 4x V100, fp32): training memory per GPU (GB), inference fps.
+CARD = {
+    "emanet_r50-d8_512x1024_80k_cityscapes": (5.4, 4.58),
+    "emanet_r101-d8_512x1024_80k_cityscapes": (6.2, 2.87),
+    "emanet_r50-d8_769x769_80k_cityscapes": (8.9, 1.97),
+    "emanet_r101-d8_769x769_80k_cityscapes": (10.1, 1.22),
+}
+
+
+@dataclass
+class Row:
+    preset: str
+    task: str  # "infer" or "train"
+    setting: str  # "fp32", "bf16 compiled", ...
+    ms: float | None = None
+    peak_gb: float | None = None
+    note: str = ""
+
+
+def timed(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
+    """Median ms of ``iters`` calls after ``warmup`` (synchronised), peak memory tracked."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def measure(row: Row, device: torch.device, work: Callable[[], float]) -> Row:
+    """Fill ``row`` from ``work()`` (ms); an error becomes the row's note, never the run's end."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    torch._dynamo.reset()  # every compiled configuration starts from an empty cache
+    try:
+        row.ms = work()
+        row.peak_gb = torch.cuda.max_memory_allocated(device) / 1e9
+    except Exception as error:  # a failing configuration is a table entry
+        row.note = f"error: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
+    finally:
+        torch.cuda.empty_cache()
+    return row
+
+
+def inference(preset: str, device, precision: str, compiled: bool, warmup: int, iters: int):
+    torch.manual_seed(0)
+    segmenter = Segmenter(
+        build_model(preset).eval(), device=device, precision=precision, compile=compiled
+    )
+    image = torch.randint(0, 256, (1024, 2048, 3), dtype=torch.uint8).numpy()
+    x = segmenter.preprocess(Image.fromarray(image))  # the test scale of the preset
+    return timed(lambda: segmenter.infer(x), device, warmup + 2 * compiled, iters)
+
+
+def training(preset_name: str, device, precision: str, compiled: bool, warmup: int, iters: int):
+    preset = get_preset(preset_name)
+    config = TrainConfig(
+        preset=preset_name,
+        data_root="",
+        work_dir="",
+        batch_size=2,
+        precision=precision,
+        compile=compiled,
+        pretrained="none",
+    )
+    run = Run(rank=0, world=1, device=device, precision=precision)
+    model = build_training_model(config, preset, run, resuming=False)
+    net = wrap_for_training(model, config, run).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    transform = TrainTransform(crop_size=preset.crop_size, scale=preset.train_scale)
+    samples = []
+    for seed in range(2):  # two Cityscapes-size samples drawn as the loader draws them
+        torch.manual_seed(seed)
+        image = torch.randint(0, 256, (3, 1024, 2048), dtype=torch.uint8)
+        label = torch.randint(0, 19, (1024, 2048), dtype=torch.uint8)
+        samples.append(transform.sample(image, label))
+    batch = tuple(torch.stack(parts).pin_memory() for parts in zip(*samples, strict=True))
+    return timed(
+        lambda: train_step(net, optimizer, transform, batch, 0, config, run),
+        device,
+        warmup + 2 * compiled,
+        iters,
+    )
+
+
+def loader_row(workers: int) -> Row:
+    row = Row("loader", "load", f"{workers} workers")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = synthetic_city(tmp, images=max(8, 2 * workers))
+            per_worker_cpu = 1 / cpu_seconds_per_sample(root)
+            wall = loader_images_per_second(root, workers, batches=4 * workers)
+        row.note = (
+            f"{wall:.1f} img/s = {wall / workers:.1f} per worker "
+            f"(CPU time: {per_worker_cpu:.1f} img/s per worker)"
+        )
+    except Exception as error:
+        row.note = f"error: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
+    return row
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| preset | task | setting | ms | fps | peak GB | card fps (V100) | card mem GB | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        card_mem, card_fps = CARD.get(r.preset, (None, None))
+        fps = f"{1e3 / r.ms:.2f}" if r.ms and r.task == "infer" else ""
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r.preset.replace("_80k_cityscapes", ""),
+                    r.task,
+                    r.setting,
+                    f"{r.ms:.1f}" if r.ms is not None else "",
+                    fps,
+                    f"{r.peak_gb:.2f}" if r.peak_gb is not None else "",
+                    f"{card_fps}" if r.task == "infer" and card_fps else "",
+                    f"{card_mem}" if r.task == "train" and card_mem else "",
+                    r.note,
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=list(CARD), choices=list(CARD))
+    parser.add_argument("--budget", type=float, default=330.0, help="seconds for the models")
+    parser.add_argument("--no-compile", action="store_true", help="skip compiled rows")
+    parser.add_argument("--compile-all", action="store_true", help="compile every training row")
+    parser.add_argument("--workers", type=int, default=4, help="loader workers to time")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=10)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit(
+            "bench_gpu.py measures CUDA GPUs and this PyTorch sees none "
+            "(torch.cuda.is_available() is False). On a CPU, use bench_model.py, "
+            "bench_train.py and bench_loader.py."
+        )
+    device = resolve_device("cuda")
+    torch.backends.cudnn.benchmark = True  # as the trainer sets it
+    started = time.perf_counter()
+    # Every eager row first, then the compiled ones (R-50 first): what the budget cuts is the
+    # slowest to measure.
+    eager, compiled = [], []
+    for index, name in enumerate(args.presets):
+        for precision in ("fp32", "bf16", "fp16"):
+            eager.append((name, "infer", precision, False))
+        compiled.append((name, "infer", "bf16", True))
+        for precision in ("fp32", "bf16"):
+            eager.append((name, "train", precision, False))
+            if args.compile_all or index == 0:
+                compiled.append((name, "train", precision, True))
+    rows = []
+    for name, task, precision, compile_ in eager + ([] if args.no_compile else compiled):
+        row = Row(name, task, precision + (" compiled" if compile_ else ""))
+        rows.append(row)
+        if time.perf_counter() - started > args.budget:
+            row.note = "skipped (time budget)"
+            continue
+        work = inference if task == "infer" else training
+        measure(
+            row,
+            device,
+            lambda w=work, n=name, p=precision, c=compile_: w(
+                n, device, p, c, args.warmup, args.iters
+            ),
+        )
+        print(f"{time.perf_counter() - started:6.0f} s  {name} {task} {row.setting}", flush=True)
+    order = {name: i for i, name in enumerate(args.presets)}
+    rows.sort(key=lambda r: (order[r.preset], r.task))  # stable: settings keep their order
+    rows.append(loader_row(args.workers))
+    props = torch.cuda.get_device_properties(device)
+    print()
+    print(
+        f"{props.name} ({props.total_memory / 2**30:.0f} GiB), torch {torch.__version__}, "
+        f"CUDA {torch.version.cuda}; inference: one 2048x1024 image at the preset's test "
+        "setting; training: batch 2 at the card's crop; card: mmsegmentation, V100, fp32"
+    )
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

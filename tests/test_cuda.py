@@ -1,0 +1,145 @@
+"""The GPU path: autocast precisions, training and resuming on CUDA, CUDA vs CPU labels.
+
+Skipped where CUDA is absent (the CPU guards of the same options are in test_precision.py,
+test_runtime.py and test_pretrained.py). Imports no app or notebook dependency.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from emanet import build_model
+from emanet.cli import main
+from emanet.data.toycity import generate_toycity, render_scene
+from emanet.predict import BUNDLED_CHECKPOINT, Segmenter
+from emanet.runtime import resolve_device
+from emanet.train import TrainConfig, train
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"
+)
+needs_bundled = pytest.mark.skipif(not BUNDLED_CHECKPOINT.is_file(), reason="no bundled model")
+HALF = ["bf16", "fp16"]
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory):
+    return generate_toycity(tmp_path_factory.mktemp("city"), train=8, val=2, size=(96, 192))
+
+
+def scenes(count=3, seed=11):
+    rng = np.random.default_rng(seed)
+    return [render_scene(256, 512, rng)[0] for _ in range(count)]
+
+
+def agreement(a: Segmenter, b: Segmenter) -> float:
+    same = total = 0
+    for image in scenes():
+        x, y = a(image).labels, b(image).labels
+        same += int((x == y).sum())
+        total += x.size
+    return same / total
+
+
+@pytest.mark.parametrize("precision", HALF)
+def test_forward_train_and_inference_under_autocast(precision):
+    torch.manual_seed(0)
+    model = build_model("emanet_r50-d8_769x769_80k_cityscapes").cuda()
+    images = torch.randn(2, 3, 193, 257, device="cuda")
+    labels = torch.randint(0, 19, (2, 193, 257), device="cuda")
+    labels[:, :8] = 255
+    with torch.autocast("cuda", dtype=DTYPES[precision]):
+        losses = model.train().forward_train(images, labels)
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    grad = model.decode_head.conv_seg.weight.grad
+    assert grad is not None and torch.isfinite(grad).all()
+    assert model.em_unit.bases.dtype == torch.float32
+    model.eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=DTYPES[precision]):
+        for mode in ("whole", "slide"):
+            logits = model.inference(images[:1], mode=mode)
+            assert logits.shape == (1, 19, 193, 257) and torch.isfinite(logits).all()
+
+
+@needs_bundled
+@pytest.mark.parametrize("precision", HALF)
+def test_each_precision_agrees_with_fp32_on_the_bundled_model(precision):
+    fp32 = Segmenter.from_pretrained(device="cuda")
+    half = Segmenter.from_pretrained(device="cuda", precision=precision)
+    assert agreement(fp32, half) >= 0.995
+
+
+@needs_bundled
+def test_cuda_and_cpu_labels_agree_in_fp32():
+    cuda = Segmenter.from_pretrained(device="cuda")
+    cpu = Segmenter.from_pretrained(device="cpu")
+    assert agreement(cuda, cpu) >= 0.999
+
+
+def test_cuda_without_index_is_the_current_device():
+    assert resolve_device("cuda") == torch.device("cuda", torch.cuda.current_device())
+    seg = Segmenter(build_model("emanet_r18-d8_toycity"), device="cuda")
+    assert seg.device.index == torch.cuda.current_device()
+    assert next(seg.model.parameters()).is_cuda
+
+
+def test_train_20_iterations_with_default_arguments(city, tmp_path):
+    work = tmp_path / "run"
+    args = ["train", "--preset", "emanet_r18-d8_toycity", "--data", str(city)]
+    assert main([*args, "--work-dir", str(work), "--iters", "20"]) == 0
+    rows = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 2 and all(np.isfinite(losses))  # iterations 10 and 20
+    config = json.loads((work / "config.json").read_text())
+    assert config["device"] is None and config["precision"] is None  # defaults: cuda, bf16
+    assert (work / "model.pth").is_file()
+    # and with --device cuda spelled out
+    assert main([*args, "--work-dir", str(tmp_path / "b"), "--iters", "2", "--device", "cuda"]) == 0
+
+
+def test_resume_on_cuda(city, tmp_path, monkeypatch):
+    from emanet import train as train_module
+
+    def config(work, **kw):
+        return TrainConfig(
+            preset="emanet_r18-d8_toycity",
+            data_root=str(city),
+            work_dir=str(work),
+            iters=4,
+            batch_size=2,
+            crop_size=(64, 128),
+            checkpoint_interval=2,
+            num_workers=1,
+            device="cuda",
+            **kw,
+        )
+
+    straight, _ = train(config(tmp_path / "a"), progress=False)
+    real = train_module.poly_lr
+
+    def crash_at_2(iteration, cfg):
+        if iteration == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real(iteration, cfg)
+
+    monkeypatch.setattr(train_module, "poly_lr", crash_at_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tmp_path / "b"), progress=False)
+    monkeypatch.setattr(train_module, "poly_lr", real)
+    assert torch.load(tmp_path / "b" / "latest.pth", weights_only=True)["iteration"] == 2
+    resumed, _ = train(config(tmp_path / "b", resume=True), progress=False)
+    # CUDA's backward kernels add with atomics: equal up to their rounding, not bit for bit.
+    for key, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_segmenter_on_cuda_agrees():
+    eager = Segmenter(build_model("emanet_r18-d8_toycity").eval(), device="cuda")
+    compiled = Segmenter(eager.model, device="cuda", compile=True)
+    image = scenes(1)[0]
+    assert (compiled(image).labels == eager(image).labels).mean() >= 0.999
