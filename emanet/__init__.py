@@ -5,6 +5,7 @@ The public API, re-exported here::
     EMAttention, EMTrace                 the EM attention unit and its per-iteration record
     build_model, EMANet, PRESETS         models named like mmsegmentation's configs
     load_checkpoint, save_checkpoint     mmsegmentation checkpoints and our own format
+    load_backbone                        ImageNet-pretrained backbones (open-mmlab://...)
     Segmenter, Prediction                any image in, labels (+ EM trace) out
     IoUMetric                            mIoU as the official Cityscapes evaluation counts it
     export_onnx, ExportError             ONNX export (EM unrolled; needs the 'export' extra)
@@ -26,11 +27,13 @@ from .fusion import optimize_for_inference
 from .imageio import ImageLoadError, load_image
 from .predict import Prediction, Segmenter
 from .presets import PRESETS, ModelPreset, get_preset
+from .pretrained import BackboneReport, load_backbone
 from .segmentor import EMANet, build_model
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackboneReport",
     "MODEL_ZOO",
     "PRESETS",
     "CheckpointError",
@@ -48,6 +51,7 @@ __all__ = [
     "count_flops",
     "export_onnx",
     "get_preset",
+    "load_backbone",
     "load_checkpoint",
     "load_image",
     "model_cost",

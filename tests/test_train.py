@@ -7,10 +7,18 @@ import torch
 import torch.multiprocessing as mp
 
 from emanet import train as train_module
+from emanet.backbone import ResNetV1c
 from emanet.checkpoint import read_checkpoint
 from emanet.data.toycity import generate_toycity
 from emanet.segmentor import EMANet
-from emanet.train import TrainConfig, TrainingDiverged, poly_lr, train
+from emanet.train import (
+    TrainConfig,
+    TrainingDiverged,
+    build_parser,
+    config_from_args,
+    poly_lr,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +150,41 @@ def test_two_process_gloo_ddp_keeps_ranks_identical(city, tmp_path):
     assert torch.equal(r0["bases"], r1["bases"])
     assert torch.equal(r0["conv"], r1["conv"])
     assert (tmp_path / "run" / "model.pth").is_file()
+
+
+def test_options_take_their_defaults_from_train_config():
+    required = ["--preset", "p", "--data", "d", "--work-dir", "w"]
+    assert config_from_args(build_parser().parse_args(required)) == TrainConfig(
+        preset="p", data_root="d", work_dir="w"
+    )
+    options = ["--pretrained", "none", "--workers", "3", "--scale", "10", "5", "--compile"]
+    config = config_from_args(build_parser().parse_args([*required, *options]))
+    assert config.pretrained == "none" and config.num_workers == 3 and config.compile
+    assert config.train_scale == (10, 5)
+
+
+def test_pretrained_backbone_is_where_training_starts(city, tmp_path):
+    donor = ResNetV1c(18)
+    for p in donor.parameters():
+        torch.nn.init.uniform_(p, 0.5, 1.0)
+    state = {
+        **donor.state_dict(),
+        "fc.weight": torch.zeros(1000, 512),
+        "fc.bias": torch.zeros(1000),
+    }
+    torch.save({"state_dict": state}, tmp_path / "resnet18_v1c.pth")
+    # learning rate 0: the weights stay what the run started from
+    cfg = config(city, tmp_path / "run", iters=1, lr=0.0, min_lr=0.0)
+    cfg.pretrained = str(tmp_path / "resnet18_v1c.pth")
+    model, _ = train(cfg, progress=False)
+    for key, value in donor.state_dict().items():
+        if "running" not in key and "num_batches" not in key:
+            assert torch.equal(model.backbone.state_dict()[key], value), key
+    plain = config(city, tmp_path / "plain", iters=1, lr=0.0, min_lr=0.0)
+    random_start, _ = train(plain, progress=False)
+    assert not torch.equal(random_start.backbone.stem[0].weight, donor.stem[0].weight)
+
+
+def test_fp16_training_is_refused(city, tmp_path):
+    with pytest.raises(ValueError, match="fp16 would need loss scaling"):
+        train(config(city, tmp_path, precision="fp16"), progress=False)
