@@ -50,6 +50,7 @@ __all__ = [
     "default_workers",
     "main",
     "poly_lr",
+    "restore_state",
     "save_state",
     "train",
     "train_step",
@@ -378,6 +379,19 @@ def save_state(
             atomic_save(bases, path.parent / "bases" / f"iter_{iteration:07d}.pth")
 
 
+def restore_state(path: Path, model: EMANet, optimizer: torch.optim.Optimizer, run: Run) -> int:
+    """Load a :func:`save_state` file into ``model`` and ``optimizer``, restore this rank's RNG
+    states, and return the iteration it was saved at."""
+    state = torch.load(path, map_location=run.device, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    rngs = state["rng"]
+    _set_rng_state(rngs[run.rank] if run.rank < len(rngs) else rngs[0], run.device)
+    start = int(state["iteration"])
+    log.info("resumed from %s at iteration %d", path, start)
+    return start
+
+
 @torch.no_grad()
 def validate(
     model: EMANet,
@@ -430,15 +444,7 @@ def train(config: TrainConfig, progress: bool = True) -> tuple[EMANet, dict]:
     optimizer = torch.optim.SGD(
         params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    start = 0
-    if resuming:
-        state = torch.load(latest, map_location=run.device, weights_only=True)
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["iteration"])
-        rngs = state["rng"]
-        _set_rng_state(rngs[run.rank] if run.rank < len(rngs) else rngs[0], run.device)
-        log.info("resumed from %s at iteration %d", latest, start)
+    start = restore_state(latest, raw_model, optimizer, run) if resuming else 0
     # raw_model: the EMANet (saved, validated); net: what runs the step (DDP, compiled).
     net = wrap_for_training(raw_model, config, run)
     loader, transform, val_set = build_loaders(config, preset, run, start)
@@ -451,8 +457,7 @@ def train(config: TrainConfig, progress: bool = True) -> tuple[EMANet, dict]:
 
     def log_row(row: dict) -> None:
         if run.rank == 0:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            _append_row(metrics_path, row)
 
     last_val: dict = {}
     bar = tqdm(
@@ -523,6 +528,11 @@ def train(config: TrainConfig, progress: bool = True) -> tuple[EMANet, dict]:
     if run.world > 1:
         dist.barrier()
     return raw_model, last_val
+
+
+def _append_row(path: Path, row: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def _write_results(
