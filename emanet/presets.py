@@ -153,8 +153,8 @@ SMALL_PRESET = ModelPreset(
     test_scale=(512, 256),
     test_mode="whole",
     align_corners=False,
-    # Trained from scratch on the synthetic toy city (the bundled model): no download, so the
-    # tests and tutorials run offline. ``--pretrained open-mmlab://resnet18_v1c`` fits it.
+    # Trained from scratch on the synthetic toy city (the bundled model), so the tests and
+    # tutorials run offline; no ImageNet backbone has its half-width stages anyway.
     pretrained=None,
 )
 

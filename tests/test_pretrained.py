@@ -105,7 +105,7 @@ def test_wrappers_and_ddp_prefix(tmp_path, wrap):
     assert str(report).startswith(f"pretrained backbone {tmp_path / 'r18.pth'}: ")
 
 
-def test_whole_segmentor_file_gives_its_backbone(tmp_path):
+def test_whole_segmentor_file_gives_its_backbone(tmp_path):  # the toy preset: half width
     donor = build_model(SMALL_PRESET)
     torch.save({"state_dict": donor.state_dict()}, tmp_path / "seg.pth")
     model = build_model(SMALL_PRESET)
@@ -127,11 +127,11 @@ def test_open_mmlab_name_is_read_from_the_torch_hub_cache(tmp_path, monkeypatch,
     cached.parent.mkdir(parents=True)
     state = r18_state(seed=2)
     torch.save(state, cached)
-    model = build_model(SMALL_PRESET)
+    backbone = ResNetV1c(18)
     with caplog.at_level(logging.INFO, logger="emanet.pretrained"):
-        report = load_backbone(model, "open-mmlab://resnet18_v1c", progress=False)
+        report = load_backbone(backbone, "open-mmlab://resnet18_v1c", progress=False)
     assert report.path == cached
-    assert torch.equal(model.backbone.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    assert torch.equal(backbone.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
     assert "resnet18_v1c" in caplog.text and "warning" not in caplog.text.lower()
 
 
@@ -153,11 +153,11 @@ def test_download_checks_the_hash_prefix_and_caches(tmp_path, monkeypatch):
     served.mkdir()
     bad = _hashed_copy(served, "resnet18_v1c", r18_state(3), good=False)
     with pytest.raises(CheckpointError, match="sha256") as info:
-        load_backbone(build_model(SMALL_PRESET), bad, progress=False)
+        load_backbone(ResNetV1c(18), bad, progress=False)
     assert bad in str(info.value)
     assert not (hub / "checkpoints").exists() or not any((hub / "checkpoints").iterdir())
     good = _hashed_copy(served, "resnet18_v1c", r18_state(4), good=True)
-    report = load_backbone(build_model(SMALL_PRESET), good, progress=False)
+    report = load_backbone(ResNetV1c(18), good, progress=False)
     assert report.path.parent == hub / "checkpoints" and report.path.is_file()
 
 
@@ -182,7 +182,7 @@ def test_unknown_name_and_a_file_that_does_not_fit(tmp_path):
     assert backbone_url("https://x/y.pth") == "https://x/y.pth"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "torchvision.pth")
     with pytest.raises(CheckpointError, match="fits the backbone"):
-        load_backbone(build_model(SMALL_PRESET), tmp_path / "torchvision.pth", progress=False)
+        load_backbone(ResNetV1c(18), tmp_path / "torchvision.pth", progress=False)
 
 
 def test_wrong_depth_is_loaded_partly_and_warned_about(tmp_path, caplog):
@@ -191,7 +191,7 @@ def test_wrong_depth_is_loaded_partly_and_warned_about(tmp_path, caplog):
     state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
     torch.save(state, tmp_path / "partial.pth")
     with caplog.at_level(logging.WARNING, logger="emanet.pretrained"):
-        report = load_backbone(build_model(SMALL_PRESET), tmp_path / "partial.pth", progress=False)
+        report = load_backbone(ResNetV1c(18), tmp_path / "partial.pth", progress=False)
     assert report.missing == ("layer4.1.conv2.weight",)
     assert report.misshaped == (("layer1.0.conv1.weight", (64, 64, 1, 1), (64, 64, 3, 3)),)
     assert "1 missing, 1 wrongly shaped" in caplog.text

@@ -10,6 +10,7 @@ from emanet import train as train_module
 from emanet.backbone import ResNetV1c
 from emanet.checkpoint import read_checkpoint
 from emanet.data.toycity import generate_toycity
+from emanet.presets import get_preset
 from emanet.segmentor import EMANet
 from emanet.train import (
     TrainConfig,
@@ -164,15 +165,12 @@ def test_options_take_their_defaults_from_train_config():
 
 
 def test_pretrained_backbone_is_where_training_starts(city, tmp_path):
-    donor = ResNetV1c(18)
+    preset = get_preset("emanet_r18-d8_toycity")
+    donor = ResNetV1c(18, stem_channels=preset.stem_channels, base_width=preset.base_width)
     for p in donor.parameters():
         torch.nn.init.uniform_(p, 0.5, 1.0)
-    state = {
-        **donor.state_dict(),
-        "fc.weight": torch.zeros(1000, 512),
-        "fc.bias": torch.zeros(1000),
-    }
-    torch.save({"state_dict": state}, tmp_path / "resnet18_v1c.pth")
+    fc = {"fc.weight": torch.zeros(1000, donor.out_channels[-1]), "fc.bias": torch.zeros(1000)}
+    torch.save({"state_dict": {**donor.state_dict(), **fc}}, tmp_path / "resnet18_v1c.pth")
     # learning rate 0: the weights stay what the run started from
     cfg = config(city, tmp_path / "run", iters=1, lr=0.0, min_lr=0.0)
     cfg.pretrained = str(tmp_path / "resnet18_v1c.pth")
