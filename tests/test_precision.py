@@ -1,18 +1,17 @@
-"""Precision and compilation options: emanet.precision, the EM unit under CUDA's dtype mix,
-Segmenter(precision=..., compile=...) and the command-line options, all on the CPU."""
+"""Precision and compilation options: emanet.precision, Segmenter(precision=..., compile=...)
+and the command-line options, all on the CPU (the EM unit under CUDA's dtype mix is in
+test_ema.py)."""
 
 import logging
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from emanet import build_model
 from emanet.cli import main
 from emanet.data.cityscapes import label_ids_to_train_ids
 from emanet.data.toycity import render_scene
-from emanet.ema import EMAttention
 from emanet.precision import PRECISIONS, autocast, check_precision, default_precision
 from emanet.predict import BUNDLED_CHECKPOINT, Segmenter
 
@@ -46,32 +45,6 @@ def test_autocast_contexts():
             assert (x @ w).dtype == PRECISIONS[name]
     with pytest.raises(ValueError):
         autocast("half", "cpu")
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_em_unit_under_cudas_dtype_mix(monkeypatch, dtype, channels_last):
-    """CUDA autocast runs normalize in float32 while the features are half: reproduce that on
-    the CPU (whose autocast keeps normalize in half) by forcing normalize's output to float32."""
-    real = F.normalize
-
-    def cuda_like_normalize(x, *args, **kwargs):
-        return real(x.float(), *args, **kwargs)
-
-    monkeypatch.setattr(F, "normalize", cuda_like_normalize)
-    torch.manual_seed(0)
-    unit = EMAttention(64, num_bases=8, num_iterations=3)
-    x = torch.randn(2, 64, 12, 16)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    reference = unit.eval()(x.to(dtype).float())  # strict fp32 on the same (rounded) inputs
-    unit.train()
-    bases_before = unit.bases.clone()
-    with torch.autocast("cpu", dtype=dtype):
-        out = unit(x.to(dtype))
-    assert out.dtype == dtype and out.shape == x.shape
-    assert unit.bases.dtype == torch.float32 and not torch.equal(unit.bases, bases_before)
-    torch.testing.assert_close(out.float(), reference, rtol=2e-2, atol=2e-2)
 
 
 def scenes(count=2, seed=5):
