@@ -559,15 +559,19 @@ class TrainTransform:
 
         Returns:
             ``image`` uint8 ``(3, crop_h, crop_w)`` (zero where padded); ``label``
-            ``(crop_h, crop_w)`` (uint8, or int64 for an ignore index above 255;
+            ``(crop_h, crop_w)`` (uint8; int64 where values or the ignore index exceed 255;
             ``ignore_index`` where padded); ``params`` float32 ``(2 + P,)``: the valid height
             and width, then the :class:`PhotoMetricDistortion` parameters.
         """
         img, lbl = _as_image(image), _as_mask(label)
         _check_same_size(img, lbl)
         img, lbl = img.as_subclass(torch.Tensor), lbl.as_subclass(torch.Tensor)[0]
-        if lbl.dtype != torch.uint8 and lbl.min() >= 0 and lbl.max() <= 255:
-            lbl = lbl.to(torch.uint8)
+        # uint8 travels 8x lighter than int64; values or an ignore index above 255 need int64.
+        if self.ignore_index > 255:
+            lbl = lbl.long()
+        elif lbl.dtype != torch.uint8:
+            fits = lbl.numel() > 0 and lbl.min() >= 0 and lbl.max() <= 255
+            lbl = lbl.to(torch.uint8) if fits else lbl.long()
         height, width = img.shape[-2:]
         size = keep_ratio_size(height, width, self.resize.sample_scale())
         rows, cols = _nearest_source(height, size[0]), _nearest_source(width, size[1])
@@ -591,8 +595,6 @@ class TrainTransform:
         pad_h, pad_w = self.crop_size[0] - h, self.crop_size[1] - w
         if pad_h > 0 or pad_w > 0:
             img = torch.nn.functional.pad(img, (0, pad_w, 0, pad_h), value=0)
-            if self.ignore_index > 255:
-                lbl = lbl.long()
             lbl = torch.nn.functional.pad(lbl, (0, pad_w, 0, pad_h), value=self.ignore_index)
         params = torch.cat([torch.tensor([float(h), float(w)]), colours])
         return img.contiguous(), lbl.contiguous(), params
