@@ -288,7 +288,7 @@ class Segmenter:
         x = torch.cat([self.preprocess(picture) for picture in pictures])
         if self.fast:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = self._net.inference(
+        logits = self.infer(
             x,
             mode=mode,
             num_iterations=num_iterations,

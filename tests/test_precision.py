@@ -68,6 +68,8 @@ def test_bundled_model_in_bf16_agrees_with_fp32():
         agree += int((a == b).sum())
         total += a.size
     assert agree / total >= 0.995
+    # batches (emanet predict) run in the segmenter's precision too
+    assert np.array_equal(bf16.predict_batch([image])[0].labels, b)
 
 
 def test_fp16_runs_and_bad_options_are_refused(monkeypatch):
