@@ -286,3 +286,28 @@ def test_encode_png_is_lossless(shape, level):
         np.testing.assert_array_equal(np.asarray(im), array)
     with pytest.raises(ValueError, match="cannot write"):
         handlers.encode_png(np.zeros((2, 2, 5), dtype=np.uint8))
+
+
+def test_command_line_refuses_a_device_or_precision_it_cannot_run(monkeypatch, capsys):
+    from app.__main__ import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as info:
+        main(["--device", "cuda"])
+    assert info.value.code == 2 and "no CUDA GPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["--precision", "fp64"])
+    assert info.value.code == 2 and "invalid choice: 'fp64'" in capsys.readouterr().err
+
+
+def test_default_factory_runs_models_in_the_precision_asked_for(monkeypatch):
+    made = []
+    real = handlers.load_segmenter
+
+    def spy(name, **options):
+        made.append(options)
+        return real(name, **options)
+
+    monkeypatch.setattr(handlers, "load_segmenter", spy)
+    build_demo(preload=True, device="cpu", precision="bf16")
+    assert made == [{"device": "cpu", "precision": "bf16"}]
