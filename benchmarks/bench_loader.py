@@ -54,6 +54,8 @@ def loader_for(root: Path, workers: int, batch_size: int = 2, device: str = "cpu
     )
     run = Run(rank=0, world=1, device=torch.device(device), precision="fp32")
     loader, transform, _ = build_loaders(config, get_preset(PRESET), run)
+    # The loader as it feeds a GPU: uint8 crops, colours and normalisation left to the device.
+    loader.dataset.finish = False
     return loader, transform
 
 

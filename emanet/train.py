@@ -153,10 +153,17 @@ class _EpochSampler(Sampler):
 class _SeededSamples(Dataset):
     """Item ``(index, sample_seed)``: ``transform.sample`` of ``dataset.load_pair(index)`` with
     the torch RNG seeded per sample, so every random draw (the crop as well as the colours
-    applied later on the device) is a function of the sample's seed alone."""
+    applied later) is a function of the sample's seed alone.
 
-    def __init__(self, dataset: CityscapesDataset, transform: TrainTransform) -> None:
-        self.dataset, self.transform = dataset, transform
+    ``finish``: also apply ``transform.finish`` here, in the worker (for CPU training, where the
+    main process's cores are the bottleneck; the result is the same, bit for bit). Otherwise
+    the images stay uint8 and the training step finishes the batch on its device.
+    """
+
+    def __init__(
+        self, dataset: CityscapesDataset, transform: TrainTransform, finish: bool = False
+    ) -> None:
+        self.dataset, self.transform, self.finish = dataset, transform, finish
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -167,7 +174,10 @@ class _SeededSamples(Dataset):
         # fork_rng: the main process's generator (dropout) is left untouched.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed)
-            return self.transform.sample(image, label)
+            image, label, params = self.transform.sample(image, label)
+        if self.finish:
+            image = self.transform.finish(image[None], params[None])[0]
+        return image, label, params
 
 
 @dataclass(frozen=True)
@@ -278,16 +288,21 @@ def build_training_model(
 def build_loaders(
     config: TrainConfig, preset: ModelPreset, run: Run, start: int = 0
 ) -> tuple[DataLoader, TrainTransform, Dataset | None]:
-    """The endless training loader from iteration ``start`` on (items: uint8 crops, labels and
+    """The endless training loader from iteration ``start`` on (items: crops, labels and
     augmentation parameters, see :meth:`TrainTransform.sample`), the transform whose
     :meth:`~TrainTransform.finish` completes its batches, and the validation set (``None``
-    without periodic validation)."""
+    without periodic validation). For a GPU the crops are uint8 and the step finishes them
+    there; for the CPU the workers finish them (float32), beside the main process."""
     transform = TrainTransform(
         crop_size=tuple(config.crop_size or preset.crop_size),
         scale=tuple(config.train_scale or preset.train_scale),
         ratio_range=tuple(config.ratio_range),
     )
-    train_set = _SeededSamples(CityscapesDataset(config.data_root, "train"), transform)
+    train_set = _SeededSamples(
+        CityscapesDataset(config.data_root, "train"),
+        transform,
+        finish=run.device.type == "cpu",  # on a GPU, colours and normalisation run there
+    )
     sampler = _EpochSampler(
         len(train_set), config.seed, run.rank, run.world, start * config.batch_size
     )
@@ -321,8 +336,9 @@ def train_step(
     config: TrainConfig,
     run: Run,
 ) -> tuple[dict[str, torch.Tensor], float]:
-    """One SGD iteration on a loader batch: finish the augmentation on the device, set the
-    poly learning rate, forward under autocast, refuse a non-finite loss, backward, step.
+    """One SGD iteration on a loader batch: finish the augmentation on the device (uint8
+    crops; float crops were finished by the workers), set the poly learning rate, forward
+    under autocast, refuse a non-finite loss, backward, step.
 
     Returns the losses (detached) and the learning rate used.
 
@@ -330,7 +346,8 @@ def train_step(
         TrainingDiverged: the loss is NaN or infinite (nothing was updated).
     """
     images, labels, params = (t.to(run.device, non_blocking=True) for t in batch)
-    images = transform.finish(images, params)
+    if images.dtype == torch.uint8:  # not finished in the workers (see build_loaders)
+        images = transform.finish(images, params)
     if config.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     lr = poly_lr(iteration, config)

@@ -13,8 +13,10 @@ from emanet.data.toycity import generate_toycity
 from emanet.presets import get_preset
 from emanet.segmentor import EMANet
 from emanet.train import (
+    Run,
     TrainConfig,
     TrainingDiverged,
+    build_loaders,
     build_parser,
     config_from_args,
     poly_lr,
@@ -186,3 +188,17 @@ def test_pretrained_backbone_is_where_training_starts(city, tmp_path):
 def test_fp16_training_is_refused(city, tmp_path):
     with pytest.raises(ValueError, match="fp16 would need loss scaling"):
         train(config(city, tmp_path, precision="fp16"), progress=False)
+
+
+def test_workers_finish_cpu_batches_as_the_step_would(city, tmp_path):
+    cfg = config(city, tmp_path, num_workers=0)
+    preset = get_preset(cfg.preset)
+    run = Run(rank=0, world=1, device=torch.device("cpu"), precision="fp32")
+    loader, transform, _ = build_loaders(cfg, preset, run)
+    assert loader.dataset.finish  # CPU training: the workers finish the crops
+    finished = next(iter(loader))
+    loader.dataset.finish = False  # as for a GPU: uint8 crops, finished by the step
+    images, labels, params = next(iter(loader))
+    assert images.dtype == torch.uint8 and finished[0].dtype == torch.float32
+    assert torch.equal(transform.finish(images, params), finished[0])  # bit for bit
+    assert torch.equal(labels, finished[1]) and torch.equal(params, finished[2])
