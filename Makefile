@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo lab bench clean
+.PHONY: install test test-fast lint format demo lab bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check emanet app tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but the tests marked slow (CI's `make test` runs them all).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check emanet app tests benchmarks

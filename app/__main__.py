@@ -8,10 +8,10 @@ opened only with ``--share``.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from emanet.checkpoint import CheckpointError
+from emanet.cli import configure_logging
 from emanet.precision import PRECISIONS, check_precision
 from emanet.predict import DEFAULT_PRECISION
 from emanet.runtime import resolve_device
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         help="largest upload accepted, images and checkpoints alike (default: 64mb)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         device = resolve_device(args.device)
         check_precision(args.precision, device)

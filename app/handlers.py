@@ -1,24 +1,22 @@
 """What the app does when asked: load models (once), segment, and render only what is shown.
 
 No Gradio layout here and no model logic: models come from :mod:`emanet.predict`, pictures
-from :mod:`emanet.viz`. Errors a person can fix (a broken image, an offline download, a
-checkpoint that is not one, a control out of range) become ``gr.Error`` with the message.
+from :mod:`emanet.viz.render`, PNG files from :mod:`app.png`. :class:`Explorer` holds what all
+sessions share and answers ``/segment``. Errors a person can fix (a broken image, an offline
+download, a checkpoint that is not one, a control out of range) become ``gr.Error`` with the
+message.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
-import shutil
-import struct
-import tempfile
 import threading
 import time
-import uuid
 import weakref
-import zlib
-from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +24,12 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from emanet.checkpoint import MODEL_ZOO, CheckpointError
+from emanet.checkpoint import BUNDLED_CHECKPOINT, MODEL_ZOO, CheckpointError
 from emanet.imageio import ImageLoadError
-from emanet.predict import BUNDLED_CHECKPOINT, Prediction, Segmenter
-from emanet.presets import SMALL_PRESET
+from emanet.predict import Prediction, Segmenter
+from emanet.presets import SMALL_PRESET, get_preset
 from emanet.segmentor import build_model
-from emanet.viz import (
+from emanet.viz.render import (
     attention_grid,
     attention_grid_slot,
     base_across_iterations,
@@ -41,13 +39,18 @@ from emanet.viz import (
     convergence,
 )
 
+from .png import PngWriter
+
 log = logging.getLogger(__name__)
 
 BUNDLED = f"bundled: {SMALL_PRESET.name} (synthetic toy city)"
 UPLOADED = "uploaded .pth file"
 ZOO = list(MODEL_ZOO)
 MAX_ITERATIONS = 10
-MIN_SIZE, MAX_SIZE = 32, 4096
+# The input size cap (longer side, pixels): the slider's range and step, and what /segment takes.
+MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 2048, 32
+#: Inputs of the ``/segment`` endpoint after the image, with their defaults.
+DEFAULTS = {"iterations": 3, "max_size": 1024, "opacity": 0.5}
 # The attention grid's layout; the click handler must use the same numbers.
 GRID_COLS, GRID_TILE = 8, 72
 RANDOM_WEIGHTS_NOTICE = (
@@ -107,82 +110,10 @@ class ModelCache:
                 log.info("loaded %s in %.1f s", key or BUNDLED, time.perf_counter() - started)
             return self._models[key]
 
-
-_PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> grey, grey+alpha, RGB, RGBA
-
-
-def _png_chunk(tag: bytes, body: bytes) -> bytes:
-    crc = zlib.crc32(body, zlib.crc32(tag))
-    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", crc)
-
-
-def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
-    """A lossless 8-bit PNG of a ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` array (cast to uint8).
-
-    numpy and zlib rather than PIL: PIL's PNG encoder takes ~2x as long at level 1 (~20x at
-    level 0) and takes the GIL back after every 64 KiB it writes, so it crawls next to a busy
-    thread; ``zlib.compress`` holds the GIL for none of its work. Rows are filtered with PNG's
-    "Up" filter (each row minus the one above) when compressed, stored as they are at level 0.
-    """
-    pixels = np.ascontiguousarray(array, dtype=np.uint8)
-    height, width = pixels.shape[:2]
-    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
-    if height == 0 or width == 0 or pixels.ndim > 3 or channels not in _PNG_COLOUR_TYPES:
-        raise ValueError(f"cannot write an array of shape {pixels.shape} as PNG")
-    rows = pixels.reshape(height, width * channels)
-    scanlines = np.empty((height, width * channels + 1), dtype=np.uint8)
-    if compress_level == 0:
-        scanlines[:, 0] = 0  # None
-        scanlines[:, 1:] = rows
-    else:
-        scanlines[:, 0] = 2  # Up (modulo 256)
-        scanlines[0, 1:] = rows[0]
-        np.subtract(rows[1:], rows[:-1], out=scanlines[1:, 1:])
-    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[channels], 0, 0, 0)
-    return b"".join(
-        (
-            b"\x89PNG\r\n\x1a\n",
-            _png_chunk(b"IHDR", header),
-            _png_chunk(b"IDAT", zlib.compress(scanlines, compress_level)),
-            _png_chunk(b"IEND", b""),
-        )
-    )
-
-
-class PngWriter:
-    """Writes uint8 images (see :func:`encode_png`) as PNG files for ``gr.Image`` outputs;
-    returns their paths. Thread-safe.
-
-    Given an array, Gradio encodes it itself at PNG's default level 6: ~300 ms for a
-    1024-pixel overlay on 2 cores, a visible share of a request. Level 1 (the default here)
-    takes ~13 ms for it, ~15% larger and just as lossless; level 0 stores the pixels (~1 ms,
-    1.7-2.5x the bytes of level 1). Gradio copies a returned file into its own
-    cache before it answers, so only the ``keep`` most recent files are kept here; the folder
-    goes with this object (or at exit).
-    """
-
-    def __init__(
-        self, folder: str | Path | None = None, keep: int = 64, compress_level: int = 1
-    ) -> None:
-        self.folder = Path(folder or tempfile.mkdtemp(prefix="emanet-app-"))
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.compress_level = compress_level
-        self._recent: deque[Path] = deque()
-        self._keep = keep
-        self._lock = threading.Lock()
-        if folder is None:
-            self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
-
-    def __call__(self, array: np.ndarray, name: str, compress_level: int | None = None) -> str:
-        level = self.compress_level if compress_level is None else compress_level
-        data = encode_png(array, level)
-        path = self.folder / f"{name}-{uuid.uuid4().hex[:12]}.png"
-        path.write_bytes(data)
+    def loaded(self, key: str | None) -> Segmenter | None:
+        """The segmenter of ``key`` if it is loaded already (nothing is loaded here)."""
         with self._lock:
-            self._recent.append(path)
-            while len(self._recent) > self._keep:
-                self._recent.popleft().unlink(missing_ok=True)
-        return str(path)
+            return self._models.get(key)
 
 
 @dataclass
@@ -368,6 +299,81 @@ def summary(session: Session, random_weights: bool = False) -> str:
     if random_weights:
         text += " — **random weights: the segmentation is meaningless**"
     return text
+
+
+class Explorer:
+    """The app without its layout: the models (each loaded once, shared by all sessions), the
+    PNG writer, and the ``/segment`` handler. :func:`app.ui.build_demo` lays it out; tests and
+    benchmarks call :meth:`segment` in-process.
+
+    Args:
+        segmenter_factory: ``factory(name) -> Segmenter``; ``name`` is ``None`` for the bundled
+            model, a zoo name, ``default_model`` or an uploaded ``.pth`` path. Default:
+            :func:`load_segmenter` (random weights if the bundled file is missing).
+        default_model: the dropdown's initial choice (a zoo name or a path; default: bundled).
+        preload: load the default model now, so the first request is fast and a broken model
+            fails at start rather than in a request.
+        device, precision: where and in which precision the default factory runs every model
+            (see :class:`emanet.predict.Segmenter`; default: CUDA if available, fp32).
+    """
+
+    def __init__(
+        self,
+        segmenter_factory: Callable[[str | None], Segmenter] | None = None,
+        default_model: str | None = None,
+        preload: bool = False,
+        device: str | None = None,
+        precision: str | None = None,
+    ) -> None:
+        options = {k: v for k, v in (("device", device), ("precision", precision)) if v is not None}
+        self.cache = ModelCache(segmenter_factory or functools.partial(load_segmenter, **options))
+        self.png = PngWriter()  # images go out as fast, lossless PNG files
+        # Compresses /segment's overlay PNG while the request's thread draws the attention grid;
+        # one worker per concurrent run (the queue runs two).
+        self._render = ThreadPoolExecutor(max_workers=2, thread_name_prefix="emanet-render")
+        weakref.finalize(self, self._render.shutdown, wait=False)
+        self.default_model = default_model or None
+        self.choices = model_choices(default_model)
+        self.random_bundled = segmenter_factory is None and bundled_missing()
+        if preload:
+            self.cache.get(self.default_model)
+
+    def num_bases(self) -> int:
+        """``K`` of the default model, the base slider's range before the first run (each run
+        sets it to the ``K`` of the model that ran): the loaded model's, else its preset's (the
+        bundled preset's for a file that is not loaded yet)."""
+        loaded = self.cache.loaded(self.default_model)
+        if loaded is not None:
+            return loaded.model.em_unit.num_bases
+        preset = self.default_model if self.default_model in MODEL_ZOO else SMALL_PRESET
+        return get_preset(preset).num_bases
+
+    def segment(self, image, model, iterations, max_size, opacity, uploaded) -> tuple:
+        """The ``/segment`` endpoint: image and controls in; overlay PNG path, attention grid
+        PNG path, convergence table, class-area table, legend HTML, summary and the new
+        :class:`Session` out."""
+        session = run_model(
+            self.cache, image, model, uploaded, iterations, max_size, allowed=self.choices
+        )
+        random_weights = self.random_bundled and session.model == BUNDLED
+        # The torch work first: torch's two-thread ops stall while the worker holds a core.
+        curves = convergence_table(session)
+        # The overlay is drawn here (numpy that mostly holds the GIL) and compressed on a
+        # worker (zlib holds none of it) while this thread draws the attention grid.
+        # PngWriter's level 1 costs no latency over level 0 here (measured on localhost: it
+        # runs while the grid is drawn) and sends 1.7-2.5x fewer bytes.
+        overlay_png = self._render.submit(self.png, overlay(session, opacity), "overlay")
+        grid_png = self.png(grid(session, session.prediction.trace.num_iterations), "attention")
+        areas = session.prediction.class_areas()
+        return (
+            overlay_png.result(),
+            grid_png,
+            curves,
+            class_table(session.prediction, areas),
+            legend_html(session.prediction, areas),
+            summary(session, random_weights),
+            session,
+        )
 
 
 def skimage_examples(folder: Path) -> list[tuple[str, str]]:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import tempfile
-import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gradio as gr
@@ -25,9 +22,6 @@ for every EM iteration, each base's **responsibility** for each pixel (bright = 
 this pixel) — how the bases settle on the parts of *your* image.
 """
 
-#: Inputs of the ``/segment`` endpoint after the image, with their defaults.
-DEFAULTS = {"iterations": 3, "max_size": 1024, "opacity": 0.5}
-
 
 def build_demo(
     segmenter_factory: Callable[[str | None], Segmenter] | None = None,
@@ -37,34 +31,25 @@ def build_demo(
     default_model: str | None = None,
     device: str | None = None,
     precision: str | None = None,
+    explorer: h.Explorer | None = None,
 ) -> gr.Blocks:
     """The whole app, queued (2 runs of each event at a time, 64 waiting at most).
 
     Args:
-        segmenter_factory: ``factory(name) -> Segmenter``; ``name`` is ``None`` for the bundled
-            model, a zoo name, ``default_model`` or an uploaded ``.pth`` path. Default:
-            :func:`app.handlers.load_segmenter` (random weights if the bundled file is
-            missing, with a notice in the page). Tests pass a random-weights model here.
+        segmenter_factory, preload, default_model, device, precision: make the app's
+            :class:`app.handlers.Explorer` (see there). Tests pass a random-weights model as
+            the factory.
         toycity_root: a synthetic toy city whose val images become examples (default: the
             ``EMANET_TOYCITY`` environment variable; none if unset).
         examples_dir: where the scikit-image example photographs are written as PNG.
-        preload: load the default model now, so the first request is fast and a broken
-            model fails at start rather than in a request.
-        default_model: the dropdown's initial choice (a zoo name or a path; default: bundled).
-        device, precision: where and in which precision the default factory runs every model
-            (see :class:`emanet.predict.Segmenter`; default: CUDA if available, fp32).
+        explorer: an Explorer made already (instead of the arguments above that make one),
+            e.g. one whose ``segment`` a benchmark replaced.
     """
-    options = {k: v for k, v in (("device", device), ("precision", precision)) if v is not None}
-    cache = h.ModelCache(segmenter_factory or functools.partial(h.load_segmenter, **options))
-    png = h.PngWriter()  # images go out as fast, lossless PNG files
-    # Compresses /segment's overlay PNG while the request's thread draws the attention grid;
-    # one worker per concurrent run (the queue runs two).
-    render = ThreadPoolExecutor(max_workers=2, thread_name_prefix="emanet-render")
-    default_key = default_model or None
-    if preload:
-        cache.get(default_key)
-    random_bundled = segmenter_factory is None and h.bundled_missing()
-    choices = h.model_choices(default_model)
+    if explorer is None:
+        explorer = h.Explorer(segmenter_factory, default_model, preload, device, precision)
+    elif (segmenter_factory, default_model, device, precision) != (None,) * 4 or preload:
+        raise ValueError("give either an explorer or the arguments to make one, not both")
+    png = explorer.png
     examples = h.toycity_examples(toycity_root or os.environ.get("EMANET_TOYCITY"))
     examples_dir = Path(examples_dir or Path(tempfile.gettempdir()) / "emanet-app-examples")
     examples += h.skimage_examples(examples_dir)
@@ -75,7 +60,7 @@ def build_demo(
         title="EMANet explorer", analytics_enabled=False, delete_cache=(3600, 3600)
     ) as demo:
         gr.Markdown(DESCRIPTION)
-        gr.Markdown(h.RANDOM_WEIGHTS_NOTICE, visible=random_bundled, elem_id="notice")
+        gr.Markdown(h.RANDOM_WEIGHTS_NOTICE, visible=explorer.random_bundled, elem_id="notice")
         # The last h.Session of this browser tab; dropped after an idle hour (API clients
         # never close their tab) so that memory stays bounded.
         state = gr.State(None, time_to_live=3600)
@@ -94,7 +79,10 @@ def build_demo(
                     elem_id="input-image",
                 )
                 model = gr.Dropdown(
-                    choices, value=default_model or h.BUNDLED, label="model", elem_id="model"
+                    explorer.choices,
+                    value=explorer.default_model or h.BUNDLED,
+                    label="model",
+                    elem_id="model",
                 )
                 with gr.Accordion("use your own checkpoint", open=False):
                     uploaded = gr.File(
@@ -106,19 +94,20 @@ def build_demo(
                 iterations = gr.Slider(
                     1,
                     h.MAX_ITERATIONS,
-                    value=DEFAULTS["iterations"],
+                    value=h.DEFAULTS["iterations"],
                     step=1,
                     label="EM iterations at test time",
                 )
                 max_size = gr.Slider(
-                    64,
-                    2048,
-                    value=DEFAULTS["max_size"],
-                    step=32,
+                    h.MIN_SIZE,
+                    h.MAX_SIZE,
+                    value=h.DEFAULTS["max_size"],
+                    step=h.SIZE_STEP,
                     label="input size cap (longer side, pixels)",
+                    elem_id="max-size",
                 )
                 opacity = gr.Slider(
-                    0.0, 1.0, value=DEFAULTS["opacity"], step=0.05, label="overlay opacity"
+                    0.0, 1.0, value=h.DEFAULTS["opacity"], step=0.05, label="overlay opacity"
                 )
                 button = gr.Button("Segment", variant="primary", elem_id="segment")
                 if examples:
@@ -156,7 +145,7 @@ def build_demo(
                 "every iteration."
             )
             step = gr.Slider(
-                1, h.MAX_ITERATIONS, value=DEFAULTS["iterations"], step=1, label="EM iteration t"
+                1, h.MAX_ITERATIONS, value=h.DEFAULTS["iterations"], step=1, label="EM iteration t"
             )
             grid = gr.Image(
                 label="responsibilities per base",
@@ -164,7 +153,9 @@ def build_demo(
                 interactive=False,
                 elem_id="attention-grid",
             )
-            base = gr.Slider(0, 63, value=0, step=1, label="base #", elem_id="base")
+            base = gr.Slider(
+                0, explorer.num_bases() - 1, value=0, step=1, label="base #", elem_id="base"
+            )
             base_strip = gr.Image(
                 label="one base across iterations",
                 format="png",
@@ -187,30 +178,6 @@ def build_demo(
                     interactive=False,
                     elem_id="base-class",
                 )
-
-        def segment(image, model, iterations, max_size, opacity, uploaded):
-            session = h.run_model(
-                cache, image, model, uploaded, iterations, max_size, allowed=choices
-            )
-            random_weights = random_bundled and session.model == h.BUNDLED
-            # The torch work first: torch's two-thread ops stall while the worker holds a core.
-            curves = h.convergence_table(session)
-            # The overlay is drawn here (numpy that mostly holds the GIL) and compressed on a
-            # worker (zlib holds none of it) while this thread draws the attention grid.
-            # PngWriter's level 1 costs no latency over level 0 here (measured on localhost:
-            # it runs while the grid is drawn) and sends 1.7-2.5x fewer bytes.
-            overlay_png = render.submit(png, h.overlay(session, opacity), "overlay")
-            grid_png = png(h.grid(session, session.prediction.trace.num_iterations), "attention")
-            areas = session.prediction.class_areas()
-            return (
-                overlay_png.result(),
-                grid_png,
-                curves,
-                h.class_table(session.prediction, areas),
-                h.legend_html(session.prediction, areas),
-                h.summary(session, random_weights),
-                session,
-            )
 
         def details(session):
             """After a run: fit the sliders to it and draw the slower, secondary views."""
@@ -243,7 +210,7 @@ def build_demo(
         # be in the upload folder) and our loader decodes it; every control is validated in
         # h.run_model, which also refuses model names that the dropdown does not offer.
         button.click(
-            segment,
+            explorer.segment,
             inputs=[image, model, iterations, max_size, opacity, uploaded_path],
             outputs=[overlay, grid, curves, table, legend, info, state],
             api_name="segment",
@@ -269,5 +236,4 @@ def build_demo(
         opacity.input(redraw(h.overlay, "overlay"), [state, opacity], [overlay], **rerender)
         grid.select(pick, [state], [base, base_strip], api_visibility="private")
     demo.queue(default_concurrency_limit=2, max_size=64)
-    weakref.finalize(demo, render.shutdown, wait=False)
     return demo

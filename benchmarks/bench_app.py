@@ -16,8 +16,9 @@ Three more lines tell the app's cost from Gradio's and the client library's:
   route (POST the file to /gradio_api/upload, POST /gradio_api/call/segment for an event id,
   read GET /gradio_api/call/segment/{event_id} until its ``complete`` event, GET every output
   file), and its ratio to bare inference;
-- an ideal endpoint through gradio_client: the same inputs and outputs (the same files, fresh
-  copies each call), but its handler only sleeps for the bare inference time. Its ratio is the
+- an ideal endpoint through gradio_client: the app itself (``build_demo``) with an
+  :class:`app.handlers.Explorer` whose ``segment`` only sleeps for the bare inference time and
+  returns one real answer (its files copied afresh each call). Its ratio is the
   lowest any app can reach through gradio_client on this machine: the client opens a new httpx
   client (loading its TLS certificates, ~16 ms on 2 cores) for the upload, the queue join and
   every file it downloads, and looks for the answer every 50 ms (``time.sleep(0.05)``).
@@ -46,8 +47,8 @@ from gradio_client import Client, handle_file  # noqa: E402
 from PIL import Image  # noqa: E402
 from timing import wall_times  # noqa: E402
 
-from app.handlers import BUNDLED  # noqa: E402
-from app.ui import DEFAULTS, build_demo  # noqa: E402
+from app.handlers import BUNDLED, DEFAULTS, Explorer  # noqa: E402
+from app.ui import build_demo  # noqa: E402
 from emanet.data.toycity import render_scene  # noqa: E402
 from emanet.predict import Segmenter  # noqa: E402
 
@@ -88,46 +89,23 @@ def rest_segment(http: httpx.Client, api: str, path: str) -> list:
     return outputs
 
 
-def segment_handler(demo: gr.Blocks):
-    """The function behind the app's /segment endpoint."""
-    return next(fn.fn for fn in demo.fns.values() if fn.api_name == "segment")
+class IdealExplorer(Explorer):
+    """The app's explorer whose ``/segment`` only sleeps ``seconds`` and returns ``answer`` (one
+    real answer of /segment; its two image files are copied afresh into ``folder`` on each
+    call, as every real answer is a new file)."""
 
+    def __init__(self, answer: tuple, seconds: float, folder: Path, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.answer, self.seconds, self.folder = answer, seconds, folder
 
-def ideal_endpoint(outputs: tuple, seconds: float, folder: Path) -> gr.Blocks:
-    """An app with /segment's inputs and outputs whose handler only sleeps ``seconds`` and
-    returns ``outputs`` (one real answer of /segment; its two image files are copied afresh
-    into ``folder`` on each call, as every real answer is a new file)."""
-
-    def handler(image, model, iterations, max_size, opacity, uploaded):
-        time.sleep(seconds)
+    def segment(self, image, model, iterations, max_size, opacity, uploaded) -> tuple:
+        time.sleep(self.seconds)
         fresh = []
-        for value in outputs[:2]:
-            copy = folder / f"{uuid.uuid4().hex}.png"
+        for value in self.answer[:2]:
+            copy = self.folder / f"{uuid.uuid4().hex}.png"
             shutil.copyfile(value, copy)
             fresh.append(str(copy))
-        return (*fresh, *outputs[2:6], None)
-
-    with gr.Blocks(analytics_enabled=False) as ideal:
-        image = gr.Image(type="filepath", image_mode=None)
-        controls = [
-            gr.Dropdown([BUNDLED], value=BUNDLED),
-            gr.Slider(1, 10, value=DEFAULTS["iterations"], step=1),
-            gr.Slider(64, 2048, value=DEFAULTS["max_size"], step=32),
-            gr.Slider(0.0, 1.0, value=DEFAULTS["opacity"]),
-            gr.State(None),
-        ]
-        views = [
-            gr.Image(format="png"),
-            gr.Image(format="png"),
-            gr.LinePlot(x="iteration", y="value", color="measure"),
-            gr.Dataframe(headers=["class", "area (%)"]),
-            gr.HTML(),
-            gr.Markdown(),
-            gr.State(None),
-        ]
-        gr.Button().click(handler, [image, *controls], views, api_name="segment", preprocess=False)
-    ideal.queue(default_concurrency_limit=2, max_size=64)
-    return ideal
+        return (*fresh, *self.answer[2:6], None)
 
 
 def client_times(url: str, path: str, requests: int) -> list[float]:
@@ -156,13 +134,16 @@ def main() -> None:
         Image.fromarray(image).save(path)
         bare = wall_times(lambda: segmenter(path), args.requests, warmup=1)
 
-        demo, url = launched(build_demo(segmenter_factory=lambda name: segmenter, examples_dir=tmp))
+        def factory(name):
+            return segmenter
+
+        explorer = Explorer(factory, preload=True)
+        demo, url = launched(build_demo(explorer=explorer, examples_dir=tmp))
         try:
-            segment = segment_handler(demo)
             payload = {"path": path, "meta": {"_type": "gradio.FileData"}}
             inputs = [payload, BUNDLED, *DEFAULTS.values(), None]
-            handler = wall_times(lambda: segment(*inputs), args.requests, warmup=1)
-            answer = segment(*inputs)
+            handler = wall_times(lambda: explorer.segment(*inputs), args.requests, warmup=1)
+            answer = explorer.segment(*inputs)
             answer = (*(shutil.copy(view, tmp) for view in answer[:2]), *answer[2:])
             e2e = client_times(url, path, args.requests)
             with httpx.Client(timeout=120) as http:
@@ -170,7 +151,8 @@ def main() -> None:
                 rest = wall_times(lambda: rest_segment(http, api, path), args.requests, warmup=1)
         finally:
             demo.close()
-        ideal, url = launched(ideal_endpoint(answer, percentile(bare, 50), Path(tmp)))
+        ideal = IdealExplorer(answer, percentile(bare, 50), Path(tmp), segmenter_factory=factory)
+        ideal, url = launched(build_demo(explorer=ideal, examples_dir=tmp))
         try:
             floor = client_times(url, path, args.requests)
         finally:

@@ -6,6 +6,7 @@ The public API, re-exported here::
     build_model, EMANet, PRESETS         models named like mmsegmentation's configs
     load_checkpoint, save_checkpoint     mmsegmentation checkpoints and our own format
     load_backbone                        ImageNet-pretrained backbones (open-mmlab://...)
+    read_checkpoint, Checkpoint          a checkpoint file read once, its layout recognised
     Segmenter, Prediction                any image in, labels (+ EM trace) out
     IoUMetric                            mIoU as the official Cityscapes evaluation counts it
     export_onnx, ExportError             ONNX export (EM unrolled; needs the 'export' extra)
@@ -14,6 +15,7 @@ The public API, re-exported here::
 
 from .checkpoint import (
     MODEL_ZOO,
+    Checkpoint,
     CheckpointError,
     load_checkpoint,
     read_checkpoint,
@@ -36,6 +38,7 @@ __all__ = [
     "BackboneReport",
     "MODEL_ZOO",
     "PRESETS",
+    "Checkpoint",
     "CheckpointError",
     "EMANet",
     "EMAttention",

@@ -26,6 +26,7 @@ import pickle
 import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError, URLError
@@ -35,11 +36,13 @@ import torch
 import torch.hub
 from torch import nn
 
-from .presets import PRESETS
+from .presets import PRESETS, SMALL_PRESET
 from .runtime import unwrap
 
 __all__ = [
+    "BUNDLED_CHECKPOINT",
     "MODEL_ZOO",
+    "Checkpoint",
     "CheckpointError",
     "atomic_save",
     "load_checkpoint",
@@ -48,13 +51,16 @@ __all__ = [
     "save_checkpoint",
 ]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: mmsegmentation config name -> URL of its official Cityscapes checkpoint (mmseg model card).
 MODEL_ZOO: dict[str, str] = {p.name: p.url for p in PRESETS.values() if p.url}
 
 #: Weights shipped inside the package (``emanet/weights/<name>.pth``) resolve by bare name too.
 BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
+
+#: The bundled small model: what ``Segmenter.from_pretrained()`` and the app load by default.
+BUNDLED_CHECKPOINT = BUNDLED_DIR / f"{SMALL_PRESET.name}.pth"
 
 FORMAT_VERSION = 1
 
@@ -145,13 +151,13 @@ def _download(url: str, *, progress: bool, model_dir: str | os.PathLike[str] | N
     cache_dir = Path(model_dir) if model_dir is not None else _default_cache_dir()
     dst = cache_dir / file_name
     if dst.is_file():
-        logger.debug("Using cached checkpoint %s", dst)
+        log.debug("Using cached checkpoint %s", dst)
         return dst
 
     match = _HASH_IN_NAME.search(file_name)
     hash_prefix = match.group(1) if match else None
     cache_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("Downloading %s to %s", url, dst)
+    log.info("Downloading %s to %s", url, dst)
     try:
         # Writes to a unique ".partial" file and moves it into place only after the whole file
         # arrived and matched hash_prefix; on any failure the partial file is removed, so the
@@ -196,19 +202,68 @@ def _default_cache_dir() -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint file as :func:`read_checkpoint` recognised it.
+
+    Attributes:
+        path: the file that was read.
+        format: ``"emanet"``, ``"mmseg"`` or ``"plain"``.
+        state_dict: ``{name: tensor}`` on the CPU, a DDP ``module.`` prefix removed.
+        meta: the metadata stored in the file, as stored (``{}`` if none).
+        preset: the preset the weights belong to (our format only), else ``None``.
+        classes: class names in output-channel order, ``None`` when the file has none. For
+            mmsegmentation files they come from ``meta["CLASSES"]`` (mmseg 0.x) or
+            ``meta["dataset_meta"]["classes"]`` (1.x).
+        palette: one ``(r, g, b)`` triple of 0-255 ints per class, ``None`` when the file has
+            none. Found like ``classes``.
+
+    Malformed class names or palettes (not strings; not triples of 0-255 ints; a palette whose
+    length differs from the class names') are ignored with a logged warning when the file is
+    read, so no caller ever sees them.
+    """
+
+    path: Path
+    format: str
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    preset: str | None = None
+    classes: tuple[str, ...] | None = None
+    palette: tuple[tuple[int, int, int], ...] | None = None
+
+    def load_into(self, model: nn.Module, *, strict: bool = True) -> None:
+        """Copy the weights into ``model`` (see :func:`load_checkpoint` for ``strict``)."""
+        model = unwrap(model)
+        state_dict = self.state_dict
+        expected = model.state_dict()
+        missing = [k for k in expected if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in expected]
+        misshaped = [
+            (k, tuple(v.shape), tuple(expected[k].shape))
+            for k, v in state_dict.items()
+            if k in expected and v.shape != expected[k].shape
+        ]
+        if missing or unexpected or misshaped:
+            report = _mismatch_report(str(self.path), missing, unexpected, misshaped, len(expected))
+            if strict:
+                raise CheckpointError(
+                    report + "\nPass strict=False to load only the keys that match."
+                )
+            log.warning(
+                "%s\nLoading the %s matching keys only.",
+                report,
+                _n_matching(expected, state_dict, misshaped),
+            )
+            skip = {k for k, _, _ in misshaped}
+            state_dict = {k: v for k, v in state_dict.items() if k in expected and k not in skip}
+            model.load_state_dict(state_dict, strict=False)
+        else:
+            model.load_state_dict(state_dict, strict=True)
+        log.info("Loaded %s checkpoint %s", self.format, self.path)
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read a checkpoint file safely (``weights_only=True``) and recognise its layout.
-
-    Returns a dict with
-
-    * ``"format"``: ``"emanet"``, ``"mmseg"`` or ``"plain"``;
-    * ``"state_dict"``: ``{name: tensor}`` on the CPU, ``module.`` prefix removed;
-    * ``"meta"``: the stored metadata (``{}`` if none), to which ``"preset"``, ``"classes"`` and
-      ``"palette"`` are added when the checkpoint knows them (for mmseg files they come from
-      ``meta["CLASSES"]``/``meta["PALETTE"]`` (mmseg 0.x) or ``meta["dataset_meta"]`` (1.x),
-      which are kept as well);
-    * ``"preset"``, ``"classes"``, ``"palette"``: the same three values at the top level, ``None``
-      when unknown. Palettes are lists of ``(r, g, b)`` tuples.
 
     Raises:
         CheckpointError: the file is missing, empty, truncated, corrupt, not a PyTorch
@@ -232,17 +287,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             )
         fmt = "emanet"
         state_dict = obj.get("state_dict")
-        stored_meta = obj.get("meta")
-        meta = dict(stored_meta) if isinstance(stored_meta, Mapping) else {}
+        meta = _as_meta(obj.get("meta"))
         preset, classes, palette = obj.get("preset"), obj.get("classes"), obj.get("palette")
     elif isinstance(obj.get("state_dict"), Mapping):
         fmt = "mmseg"
         state_dict = obj["state_dict"]
-        stored_meta = obj.get("meta")
-        meta = dict(stored_meta) if isinstance(stored_meta, Mapping) else {}
+        meta = _as_meta(obj.get("meta"))
         # mmseg 0.x keeps CLASSES/PALETTE at the top of meta, mmseg 1.x under dataset_meta.
-        dataset_meta = meta.get("dataset_meta")
-        dataset_meta = dataset_meta if isinstance(dataset_meta, Mapping) else {}
+        dataset_meta = _as_meta(meta.get("dataset_meta"))
         classes = meta.get("CLASSES", dataset_meta.get("classes"))
         palette = meta.get("PALETTE", dataset_meta.get("palette"))
     elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -257,37 +309,48 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             "a bare state dict of tensors."
         )
 
-    state_dict = _clean_state_dict(state_dict, name)
     classes, palette = _as_classes(classes, name), _as_palette(palette, name)
-    for key, value in (("preset", preset), ("classes", classes), ("palette", palette)):
-        if value is not None:
-            meta[key] = value
-    return {
-        "format": fmt,
-        "state_dict": state_dict,
-        "meta": meta,
-        "preset": preset,
-        "classes": classes,
-        "palette": palette,
-    }
+    if classes is not None and palette is not None and len(classes) != len(palette):
+        log.warning(
+            "Ignoring the palette of %s: %d colours for %d classes",
+            name,
+            len(palette),
+            len(classes),
+        )
+        palette = None
+    return Checkpoint(
+        path=path,
+        format=fmt,
+        state_dict=_clean_state_dict(state_dict, name),
+        meta=meta,
+        preset=preset if isinstance(preset, str) and preset else None,
+        classes=classes,
+        palette=palette,
+    )
 
 
-def _as_classes(classes: Any, name: str) -> list[str] | None:
+def _as_meta(meta: Any) -> dict[str, Any]:
+    return dict(meta) if isinstance(meta, Mapping) else {}
+
+
+def _as_classes(classes: Any, name: str) -> tuple[str, ...] | None:
     if classes is None:
         return None
     if isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes):
-        return list(classes)
-    logger.warning("Ignoring malformed class names in %s: %r", name, classes)
+        return tuple(classes)
+    log.warning("Ignoring malformed class names in %s: %.200r", name, classes)
     return None
 
 
-def _as_palette(palette: Any, name: str) -> list[tuple[int, int, int]] | None:
+def _as_palette(palette: Any, name: str) -> tuple[tuple[int, int, int], ...] | None:
     if palette is None:
         return None
     try:
-        return [_rgb(color) for color in palette]
-    except (TypeError, ValueError):
-        logger.warning("Ignoring malformed palette in %s", name)
+        if isinstance(palette, (str, bytes)):
+            raise ValueError(f"{palette!r} is not a list of colours")
+        return tuple(_rgb(color) for color in palette)
+    except (TypeError, ValueError) as error:
+        log.warning("Ignoring malformed palette in %s: %s", name, error)
         return None
 
 
@@ -369,8 +432,8 @@ def load_checkpoint(
     *,
     strict: bool = True,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Load a checkpoint (path, URL or zoo name) into ``model`` and return its ``meta``.
+) -> Checkpoint:
+    """Load a checkpoint (path, URL or zoo name) into ``model`` and return what was read.
 
     With ``strict=True`` every key must match by name and shape, otherwise a CheckpointError
     lists the missing, unexpected and wrongly shaped keys and nothing is loaded. With
@@ -380,35 +443,9 @@ def load_checkpoint(
     Tensors are cast to the dtype and device of the model's own tensors, so a ``half=True``
     checkpoint loads into a float32 model. ``num_batches_tracked`` is an ordinary key.
     """
-    model = unwrap(model)
-    path = resolve_checkpoint(source, progress=progress)
-    checkpoint = read_checkpoint(path)
-    state_dict = checkpoint["state_dict"]
-    expected = model.state_dict()
-
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    misshaped = [
-        (k, tuple(v.shape), tuple(expected[k].shape))
-        for k, v in state_dict.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    if missing or unexpected or misshaped:
-        report = _mismatch_report(str(path), missing, unexpected, misshaped, len(expected))
-        if strict:
-            raise CheckpointError(report + "\nPass strict=False to load only the keys that match.")
-        logger.warning(
-            "%s\nLoading the %s matching keys only.",
-            report,
-            _n_matching(expected, state_dict, misshaped),
-        )
-        skip = {k for k, _, _ in misshaped}
-        state_dict = {k: v for k, v in state_dict.items() if k in expected and k not in skip}
-        model.load_state_dict(state_dict, strict=False)
-    else:
-        model.load_state_dict(state_dict, strict=True)
-    logger.info("Loaded %s checkpoint %s", checkpoint["format"], path)
-    return checkpoint["meta"]
+    checkpoint = read_checkpoint(resolve_checkpoint(source, progress=progress))
+    checkpoint.load_into(model, strict=strict)
+    return checkpoint
 
 
 def _n_matching(expected: Mapping, state_dict: Mapping, misshaped: list) -> int:
@@ -561,7 +598,7 @@ def _to_storable(key: str, tensor: torch.Tensor, half: bool) -> torch.Tensor:
         return tensor
     converted = tensor.to(torch.float16)
     if bool((torch.isinf(converted) & torch.isfinite(tensor)).any()):
-        logger.warning("%s does not fit in float16; stored as %s", key, tensor.dtype)
+        log.warning("%s does not fit in float16; stored as %s", key, tensor.dtype)
         return tensor
     return converted
 

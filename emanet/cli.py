@@ -10,9 +10,18 @@ import json
 import logging
 import sys
 
-__all__ = ["main"]
+from .checkpoint import CheckpointError
+from .data.cityscapes import DatasetError
+from .imageio import ImageLoadError
+from .train import TrainingDiverged
 
-log = logging.getLogger("emanet")
+__all__ = ["configure_logging", "main"]
+
+log = logging.getLogger(__name__)
+
+# What a person can fix (a checkpoint, an image, a dataset, a path, a diverged run): reported
+# in one line, exit code 2. Anything else is a bug in this package and surfaces as a traceback.
+USER_ERRORS = (CheckpointError, ImageLoadError, DatasetError, TrainingDiverged, OSError)
 
 
 def _add_predict(sub) -> None:
@@ -159,7 +168,7 @@ def _add_toycity(sub) -> None:
 
 
 def _toycity(args) -> int:
-    from .data.toycity import generate_toycity
+    from .data.toycity import MIN_SIZE, generate_toycity
 
     try:
         height, width = (int(v) for v in args.size.lower().split("x"))
@@ -167,6 +176,10 @@ def _toycity(args) -> int:
         raise SystemExit(
             f"emanet toycity: --size must look like 256x512, got {args.size!r}"
         ) from None
+    if min(height, width) < MIN_SIZE:
+        raise SystemExit(
+            f"emanet toycity: --size must be at least {MIN_SIZE}x{MIN_SIZE}, got {args.size!r}"
+        )
     root = generate_toycity(
         args.root,
         train=args.train,
@@ -297,18 +310,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def configure_logging(verbose: bool = False) -> None:
+    """The command-line format for every ``emanet.*`` (and ``app.*``) logger."""
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from .checkpoint import CheckpointError
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
     try:
         return args.func(args)
-    except (CheckpointError, FileNotFoundError, ValueError, KeyError) as error:
-        log.error("%s", error)
+    except USER_ERRORS as error:
+        # -v: the traceback too, for a report.
+        log.error("%s", error, exc_info=args.verbose)
         return 2
 
 

@@ -414,51 +414,68 @@ def evaluate_segmenter(
     save_pred: str | Path | None = None,
     cityscapes_format: str | Path | None = None,
     progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict:
     """Evaluate a :class:`emanet.Segmenter` on a :class:`~emanet.data.CityscapesDataset`.
 
-    Every image goes through the segmenter's test pipeline (resize to the preset's test scale,
-    whole/slide, optional multi-scale + flip, logits resized back to the image) and is compared
-    with its full-resolution label. iIoU is added when ``gtFine_instanceIds`` files exist.
+    The evaluation loop of the package: ``emanet eval`` and validation during training both
+    run it. Every image is decoded once and goes through the segmenter's test pipeline
+    (:func:`~emanet.data.transforms.preprocess_test_image`, whole/slide, optional multi-scale +
+    flip, logits resized back to the image), and is compared with its full-resolution label.
+    iIoU is added when the dataset has ``gtFine_instanceIds`` files.
 
-    Returns ``{"metrics": {...}, "table": str}``; ``metrics`` holds ``aAcc``, ``mIoU``, ``mAcc``,
-    per-class ``IoU``/``Acc`` keyed by class name, ``classes``, the ``confusion`` matrix (pixel
-    counts, rows = ground truth, columns = prediction, a list of lists in ``classes`` order) and
-    ``iIoU`` when available.
+    Under torch.distributed give ``rank`` and ``world_size``: rank ``r`` scores images
+    ``r, r + world_size, ...`` and the counts are summed over the ranks, so every rank returns
+    the scores of all images (each counted once).
+
+    Args:
+        dataset: a CityscapesDataset without ``transforms`` (its items are decoded images).
+        max_images: score only the first this many images.
+        save_pred: folder for trainId PNGs; cityscapes_format: folder for labelId PNGs.
+
+    Returns:
+        ``{"metrics": {...}, "table": str}``; ``metrics`` holds ``aAcc``, ``mIoU``, ``mAcc``,
+        per-class ``IoU``/``Acc`` keyed by class name, ``images``, ``classes``, the
+        ``confusion`` matrix (pixel counts summed over the ranks, rows = ground truth, columns
+        = prediction, a list of lists in ``classes`` order) and ``iIoU`` when available.
     """
     from tqdm import tqdm
 
+    if getattr(dataset, "transforms", None) is not None:
+        raise ValueError(
+            "evaluate_segmenter needs a dataset without transforms: the segmenter applies the "
+            "test pipeline itself"
+        )
     classes = list(segmenter.classes)
     metric = IoUMetric(num_classes=len(classes))
     instance_metric = InstanceIoUMetric()
-    has_instances = False
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
-    for index in tqdm(range(count), desc="eval", unit="image", disable=not progress):
+    # Decided from the file listing, the same on every rank (each then takes part in the
+    # same all_reduce calls).
+    has_instances = any(dataset.instance_path(index) is not None for index in range(count))
+    indices = range(rank, count, world_size)
+    for index in tqdm(indices, desc="eval", unit="image", disable=not progress or rank != 0):
         image_path = dataset.images[index]
-        _, label = dataset[index]
+        image, label = dataset[index]
         target = np.asarray(label, dtype=np.int64)
         result = segmenter(
-            image_path,
+            image,
             mode=mode,
             aug_test=aug_test,
             num_iterations=num_iterations,
             inverse_temperature=inverse_temperature,
         )
-        if result.labels.shape != target.shape:
-            raise ValueError(
-                f"{image_path}: prediction {result.labels.shape} and label {target.shape} differ"
-            )
         metric.update(result.labels, target)
         instance_path = dataset.instance_path(index)
         if instance_path is not None:
-            has_instances = True
             instances = np.asarray(Image.open(instance_path), dtype=np.int64)
             instance_metric.update(result.labels, target, instances)
         if save_pred is not None:
             save_train_id_png(result.labels, Path(save_pred) / f"{Path(image_path).stem}.png")
         if cityscapes_format is not None:
             export_cityscapes_results(result.labels, image_path, cityscapes_format)
-    res = metric.compute()
+    res = metric.all_reduce().compute()
     metrics = {
         "aAcc": res["aAcc"],
         "mIoU": res["mIoU"],
@@ -472,7 +489,7 @@ def evaluate_segmenter(
     }
     table = metric.format_table(classes)
     if has_instances:
-        inst = instance_metric.compute()
+        inst = instance_metric.all_reduce().compute()
         metrics["iIoU"] = inst["iIoU"]
         table += "\n\n" + instance_metric.format_table(classes)
     return {"metrics": metrics, "table": table}

@@ -43,7 +43,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ImageLoadError", "load_image"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Default ``max_pixels``: 100 megapixels, 48x a 2048x1024 Cityscapes frame.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -185,7 +185,7 @@ def _upright_rgb(image: Image.Image, name: str) -> Image.Image:
     try:
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     except Exception:  # corrupt EXIF must not make a decodable picture unloadable
-        logger.debug("ignoring unreadable EXIF in %s", name)
+        log.debug("ignoring unreadable EXIF in %s", name)
         orientation = 1
     if orientation in range(2, 9):
         image = ImageOps.exif_transpose(image)

@@ -1,9 +1,11 @@
 """``Segmenter``: any image in, Cityscapes trainId labels (and the EM trace) out.
 
-The test pipeline is mmsegmentation's: the upright RGB image is resized, keeping its aspect
-ratio, to fit the preset's test scale (2048x1024 for the official models), normalised with
-the ImageNet mean/std on 0-255 values, segmented in the preset's whole or slide mode, and the
-logits are resized back to the image's own size before the argmax.
+The test pipeline is mmsegmentation's: the upright RGB image goes through
+:func:`~emanet.data.transforms.preprocess_test_image` (resized, keeping its aspect ratio, to fit
+the preset's test scale, 2048x1024 for the official models; normalised with the ImageNet
+mean/std on 0-255 values), is segmented in the preset's whole or slide mode, and the logits are
+resized back to the image's own size before the argmax. Validation during training and
+``emanet eval`` run images through a Segmenter too, so all three score the same pixels.
 """
 
 from __future__ import annotations
@@ -11,37 +13,38 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoint import MODEL_ZOO, CheckpointError, load_checkpoint, read_checkpoint
-from .data.cityscapes import CLASSES, PALETTE
-from .data.transforms import keep_ratio_size, normalize
+from .checkpoint import (
+    BUNDLED_CHECKPOINT,
+    MODEL_ZOO,
+    Checkpoint,
+    CheckpointError,
+    read_checkpoint,
+    resolve_checkpoint,
+)
+from .data.cityscapes import CLASSES, PALETTE, palette_lut
+from .data.transforms import preprocess_test_image
 from .ema import EMTrace
 from .fusion import optimize_for_inference
 from .imageio import load_image
 from .precision import autocast, check_precision
-from .presets import PRESETS, SMALL_PRESET, ModelPreset, get_preset
+from .presets import PRESETS, ModelPreset, get_preset
 from .runtime import announce_compilation, compile_module, resolve_device
 from .segmentor import EMANet, build_model
 
-__all__ = [
-    "Prediction",
-    "Segmenter",
-    "BUNDLED_CHECKPOINT",
-]
+__all__ = ["DEFAULT_PRECISION", "Prediction", "Segmenter"]
 
 log = logging.getLogger(__name__)
 
 #: Inference runs in float32 unless asked otherwise: the official checkpoints' numerics.
 DEFAULT_PRECISION = "fp32"
-
-BUNDLED_CHECKPOINT = Path(__file__).parent / "weights" / f"{SMALL_PRESET.name}.pth"
 
 
 @dataclass
@@ -67,9 +70,7 @@ class Prediction:
 
     def color_mask(self) -> np.ndarray:
         """``(H, W, 3)`` uint8 colour image of the labels (ignore/unknown -> black)."""
-        lut = np.zeros((256, 3), dtype=np.uint8)
-        lut[: len(self.palette)] = np.asarray(self.palette, dtype=np.uint8)
-        return lut[self.labels]
+        return palette_lut(self.palette)[self.labels]
 
     def overlay(self, opacity: float = 0.5) -> np.ndarray:
         """``(H, W, 3)`` uint8 blend of the image and the colour mask."""
@@ -98,6 +99,7 @@ class Segmenter:
             (see :mod:`emanet.precision`); a precision the device cannot run is a ValueError.
         compile: run the network through ``torch.compile`` (the first call compiles, and says
             so in the log).
+        test_scale: ``(long, short)`` scale images are fitted into (default: the preset's).
     """
 
     def __init__(
@@ -109,11 +111,13 @@ class Segmenter:
         fast: bool = True,
         precision: str = DEFAULT_PRECISION,
         compile: bool = False,
+        test_scale: Sequence[int] | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.precision = check_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.preset: ModelPreset = model.preset
+        self.test_scale = tuple(test_scale or self.preset.test_scale)
         self.classes = tuple(classes)
         self.palette = tuple(tuple(int(v) for v in c) for c in palette)
         self.fast = fast
@@ -143,7 +147,9 @@ class Segmenter:
         name, see :data:`emanet.PRESETS`) downloads the official weights once into torch.hub's
         cache. For files, our format names its preset; for mmsegmentation files give
         ``preset`` (otherwise it is inferred from the depth, with the 512x1024 test settings).
-        ``device``, ``fast``, ``precision`` and ``compile`` are :class:`Segmenter`'s.
+        ``device``, ``fast``, ``precision`` and ``compile`` are :class:`Segmenter`'s. The file is
+        read once; its class names and palette (checked when it is read) come with the model,
+        else the Cityscapes ones.
         """
         options = dict(device=device, fast=fast, precision=precision, compile=compile)
         if name_or_path is None:
@@ -152,33 +158,21 @@ class Segmenter:
                     f"the bundled model {BUNDLED_CHECKPOINT} is missing from this installation"
                 )
             name_or_path = BUNDLED_CHECKPOINT
-        name = str(name_or_path)
-        if name in MODEL_ZOO and preset is None:
-            preset = name
-        if preset is not None:
-            model = build_model(get_preset(preset))
-            meta = load_checkpoint(model, name_or_path, progress=progress)
-            return cls(model, *_classes_palette(meta), **options)
-        from .checkpoint import resolve_checkpoint
-
-        path = resolve_checkpoint(name_or_path, progress=progress)
-        checkpoint = read_checkpoint(path)
-        preset_name = checkpoint.get("preset") or _infer_preset(checkpoint["state_dict"], path)
-        model = build_model(get_preset(preset_name))
-        meta = load_checkpoint(model, path, progress=progress)
-        classes, palette = _classes_palette({**checkpoint.get("meta", {}), **meta})
-        return cls(model, classes, palette, **options)
+        if preset is None and str(name_or_path) in MODEL_ZOO:
+            preset = str(name_or_path)
+        checkpoint = read_checkpoint(resolve_checkpoint(name_or_path, progress=progress))
+        model = build_model(get_preset(preset or checkpoint.preset or _infer_preset(checkpoint)))
+        checkpoint.load_into(model)
+        return cls(model, *_classes_palette(checkpoint), **options)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """Upright RGB PIL image -> ``(1, 3, h, w)`` normalised tensor at the test scale."""
-        array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
-        x = array.permute(2, 0, 1).unsqueeze(0).to(self.device, torch.float32)
-        height, width = keep_ratio_size(*x.shape[-2:], self.preset.test_scale)
-        size = (max(1, height), max(1, width))
-        if size != tuple(x.shape[-2:]):
-            # antialias=False: mmseg resizes with OpenCV's INTER_LINEAR (no low-pass filter).
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        x = normalize(x)
+        """Upright RGB PIL image -> ``(1, 3, h, w)`` model input on the device.
+
+        :func:`~emanet.data.transforms.preprocess_test_image` at :attr:`test_scale`, run on
+        the device (the uint8 pixels travel, not floats).
+        """
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+        x = preprocess_test_image(pixels.to(self.device), self.test_scale).unsqueeze(0)
         if self.fast:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -320,17 +314,27 @@ def _trace_to_cpu(trace: EMTrace) -> EMTrace:
     )
 
 
-def _classes_palette(meta: dict) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
-    classes = meta.get("classes") or meta.get("CLASSES") or CLASSES
-    palette = meta.get("palette") or meta.get("PALETTE") or PALETTE
+def _classes_palette(
+    checkpoint: Checkpoint,
+) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    """The checkpoint's class names and palette, each defaulting to the Cityscapes ones."""
+    classes = checkpoint.classes or CLASSES
+    palette = checkpoint.palette or PALETTE
     if len(classes) != len(palette):
-        classes, palette = CLASSES, PALETTE
-    return tuple(classes), tuple(tuple(int(v) for v in c) for c in palette)
+        log.warning(
+            "%s: %d class names but %d palette colours; using the Cityscapes classes and colours",
+            checkpoint.path,
+            len(classes),
+            len(palette),
+        )
+        return CLASSES, PALETTE
+    return classes, palette
 
 
-def _infer_preset(state_dict: dict, path: Path) -> str:
+def _infer_preset(checkpoint: Checkpoint) -> str:
     """The 512x1024 preset of the depth an mmsegmentation state dict was trained with."""
-    stage3 = {k.split(".")[2] for k in state_dict if k.startswith("backbone.layer3.")}
+    path = checkpoint.path
+    stage3 = {k.split(".")[2] for k in checkpoint.state_dict if k.startswith("backbone.layer3.")}
     depth = {6: 50, 23: 101}.get(len(stage3))
     name = f"emanet_r{depth}-d8_512x1024_80k_cityscapes"
     if name not in PRESETS:

@@ -34,9 +34,10 @@ from tqdm import tqdm
 
 from .checkpoint import atomic_save, load_checkpoint, save_checkpoint
 from .data.cityscapes import CLASSES, PALETTE, CityscapesDataset
-from .data.transforms import TestTransform, TrainTransform
-from .evaluate import IoUMetric
+from .data.transforms import TrainTransform
+from .evaluate import evaluate_segmenter
 from .precision import autocast, check_precision, default_precision
+from .predict import Segmenter
 from .presets import ModelPreset, get_preset
 from .pretrained import load_backbone
 from .runtime import announce_compilation, compile_module, resolve_device, usable_cpus
@@ -319,11 +320,7 @@ def build_loaders(
     )
     val_set = None
     if config.val_interval:
-        val_set = CityscapesDataset(
-            config.data_root,
-            "val",
-            transforms=TestTransform(scale=tuple(config.val_scale or preset.test_scale)),
-        )
+        val_set = CityscapesDataset(config.data_root, "val")
     return loader, transform, val_set
 
 
@@ -409,7 +406,6 @@ def restore_state(path: Path, model: EMANet, optimizer: torch.optim.Optimizer, r
     return start
 
 
-@torch.no_grad()
 def validate(
     model: EMANet,
     dataset: Dataset,
@@ -418,24 +414,17 @@ def validate(
     world: int = 1,
     max_images: int | None = None,
     progress: bool = True,
+    scale: tuple[int, int] | None = None,
 ) -> dict:
-    """mIoU of ``model`` on ``dataset`` (items from ``TestTransform``), shared across ranks."""
-    model.eval()
-    metric = IoUMetric(num_classes=model.num_classes)
-    count = len(dataset) if max_images is None else min(max_images, len(dataset))
-    indices = range(rank, count, world)
-    for index in tqdm(indices, desc="val", disable=not progress or rank != 0, leave=False):
-        image, label = dataset[index]
-        logits = model.inference(image.unsqueeze(0).to(device))
-        logits = nn.functional.interpolate(
-            logits.float(),
-            size=label.shape[-2:],
-            mode="bilinear",
-            align_corners=model.align_corners,
-        )
-        metric.update(logits.argmax(1).cpu(), label.unsqueeze(0))
-    metric.all_reduce()
-    return metric.compute()
+    """mIoU of ``model`` on ``dataset`` as ``emanet eval`` scores it (shared across ranks).
+
+    ``scale``: the test scale (default: the preset's). Returns the metrics of
+    :func:`~emanet.evaluate.evaluate_segmenter`.
+    """
+    segmenter = Segmenter(model, CLASSES, PALETTE, device=device, test_scale=scale)
+    return evaluate_segmenter(
+        segmenter, dataset, max_images=max_images, progress=progress, rank=rank, world_size=world
+    )["metrics"]
 
 
 def train(config: TrainConfig, progress: bool = True) -> tuple[EMANet, dict]:
@@ -527,6 +516,7 @@ def train(config: TrainConfig, progress: bool = True) -> tuple[EMANet, dict]:
                 run.world,
                 config.val_max_images,
                 progress,
+                scale=config.val_scale,
             )
             log_row(
                 {

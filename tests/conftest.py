@@ -1,7 +1,10 @@
 import os
+import socket
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 # Two cores: keep intra-op threads from oversubscribing when tests spawn processes.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -10,3 +13,45 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """``free_port()``: a TCP port on 127.0.0.1 that nothing listens on right now."""
+    return _free_port
+
+
+def _gloo_worker(rank: int, world: int, port: int, fn, args: tuple) -> None:
+    # The variables torchrun sets, so that code reading them (the trainer) sees a real run.
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        fn(rank, world, *args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
+def run_gloo():
+    """``run_gloo(fn, *args, world=2)``: ``fn(rank, world, *args)`` in ``world`` CPU processes
+    joined in one gloo process group (torchrun's environment variables set); ``fn`` must be a
+    module-level function, and an exception in any process fails the caller."""
+
+    def run(fn, *args, world: int = 2) -> None:
+        mp.spawn(_gloo_worker, args=(world, _free_port(), fn, args), nprocs=world, join=True)
+
+    return run

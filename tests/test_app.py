@@ -1,11 +1,9 @@
 """The app end to end: launched on 127.0.0.1, driven with gradio_client (and a real browser)."""
 
-import io
 import logging
 import os
 import re
 import shutil
-import socket
 import threading
 import urllib.request
 from pathlib import Path
@@ -25,19 +23,14 @@ from app.ui import build_demo  # noqa: E402
 from emanet import build_model  # noqa: E402
 from emanet.data import CLASSES, PALETTE  # noqa: E402
 from emanet.predict import Segmenter  # noqa: E402
+from emanet.presets import get_preset  # noqa: E402
 
 # Gradio's queue uses pandas options that pandas 3 deprecates: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, free_port):
     torch.manual_seed(0)
     segmenter = Segmenter(build_model("emanet_r18-d8_toycity"), device="cpu")
     demo = build_demo(
@@ -45,7 +38,7 @@ def server(tmp_path_factory):
         examples_dir=tmp_path_factory.mktemp("examples"),
         preload=True,
     )
-    port = _free_port()
+    port = free_port()
     demo.launch(
         server_name="127.0.0.1",
         server_port=port,
@@ -173,6 +166,47 @@ def test_huge_image_is_capped(client, files):
     assert Image.open(overlay).size == (512, 512)
 
 
+def _slider(demo, elem_id):
+    return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+
+def test_size_slider_and_handler_take_the_same_range(client, files, tmp_path):
+    demo = build_demo(segmenter_factory=lambda name: None, examples_dir=tmp_path)
+    slider = _slider(demo, "max-size")
+    assert (slider.minimum, slider.maximum) == (handlers.MIN_SIZE, handlers.MAX_SIZE)
+    assert slider.value == handlers.DEFAULTS["max_size"]
+    # the slider's ends are accepted, and nothing beyond them
+    for end in (slider.minimum, slider.maximum):
+        assert segment(client, files["photo.png"], max_size=end)[0]
+    for outside in (slider.minimum - 1, slider.maximum + 1):
+        with pytest.raises(Exception, match="input size cap must be in"):
+            segment(client, files["photo.png"], max_size=outside)
+
+
+def test_base_slider_spans_the_loaded_models_bases(tmp_path):
+    torch.manual_seed(0)
+    preset = get_preset("emanet_r18-d8_toycity").with_overrides(num_bases=16)
+    segmenter = Segmenter(build_model(preset), device="cpu")
+    demo = build_demo(lambda name: segmenter, examples_dir=tmp_path, preload=True)
+    assert _slider(demo, "base").maximum == 15
+
+
+def test_explorer_segment_in_process(files):
+    torch.manual_seed(0)
+    segmenter = Segmenter(build_model("emanet_r18-d8_toycity"), device="cpu")
+    explorer = handlers.Explorer(lambda name: segmenter)
+    payload = {"path": str(files["photo.png"]), "meta": {"_type": "gradio.FileData"}}
+    overlay, grid, curves, table, legend, info, session = explorer.segment(
+        payload, BUNDLED, 2, 1024, 0.0, None
+    )
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(overlay)), np.asarray(Image.open(files["photo.png"]))
+    )
+    assert session.prediction.trace.num_iterations == 2 and "2 EM iterations" in info
+    assert list(curves.columns) == ["iteration", "value", "measure"]
+    assert explorer.num_bases() == segmenter.model.em_unit.num_bases
+
+
 @pytest.mark.parametrize("name", ["empty.png", "truncated.png", "text.png"])
 def test_bad_files_give_clear_errors_and_server_keeps_serving(client, files, name):
     with pytest.raises(Exception, match=r"Cannot load image .*" + name.replace(".", r"\.")):
@@ -263,29 +297,6 @@ def test_browser_upload_shows_segmentation_and_attention_grid(server, files, tmp
         page.screenshot(path=shot, full_page=True)
         browser.close()
     assert Image.open(shot).size[0] >= 1000
-
-
-def test_png_writer_is_lossless_and_keeps_only_recent_files(tmp_path):
-    writer = handlers.PngWriter(tmp_path, keep=2)
-    array = np.random.default_rng(0).integers(0, 255, (7, 9, 3), dtype=np.uint8)
-    paths = [writer(array, "overlay", compress_level=level) for level in (1, 0, 1)]
-    for path in paths[1:]:
-        with Image.open(path) as im:
-            assert im.format == "PNG"
-            np.testing.assert_array_equal(np.asarray(im), array)
-    assert [Path(p).exists() for p in paths] == [False, True, True]
-
-
-@pytest.mark.parametrize("shape", [(1, 1, 3), (5, 4), (6, 3, 4), (3, 8, 2), (97, 131, 3)])
-@pytest.mark.parametrize("level", [0, 1, 9])
-def test_encode_png_is_lossless(shape, level):
-    rng = np.random.default_rng(level)
-    array = rng.integers(0, 256, shape, dtype=np.uint8)
-    array[: shape[0] // 2] = 7  # flat rows: the Up filter's best case
-    with Image.open(io.BytesIO(handlers.encode_png(array, level))) as im:
-        np.testing.assert_array_equal(np.asarray(im), array)
-    with pytest.raises(ValueError, match="cannot write"):
-        handlers.encode_png(np.zeros((2, 2, 5), dtype=np.uint8))
 
 
 def test_command_line_refuses_a_device_or_precision_it_cannot_run(monkeypatch, capsys):

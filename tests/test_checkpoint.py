@@ -7,7 +7,7 @@ import hashlib
 import http.server
 import io
 import logging
-import socket
+import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -109,28 +109,22 @@ def test_save_read_round_trip_is_bit_exact(tmp_path):
         meta={"iter": 7, "note": "hi"},
     )
     info = read_checkpoint(path)
-    assert info["format"] == "emanet"
-    assert_same_weights(info["state_dict"], model.state_dict())
-    assert info["state_dict"]["backbone.1.num_batches_tracked"].item() == 1
-    assert info["preset"] == "emanet_r18-d8_toycity"
-    assert info["classes"] == CLASSES
-    assert info["palette"] == PALETTE
-    assert info["meta"] == {
-        "iter": 7,
-        "note": "hi",
-        "preset": "emanet_r18-d8_toycity",
-        "classes": CLASSES,
-        "palette": PALETTE,
-    }
+    assert info.format == "emanet" and info.path == path
+    assert_same_weights(info.state_dict, model.state_dict())
+    assert info.state_dict["backbone.1.num_batches_tracked"].item() == 1
+    assert info.preset == "emanet_r18-d8_toycity"
+    assert info.classes == tuple(CLASSES)
+    assert info.palette == tuple(PALETTE)
+    assert info.meta == {"iter": 7, "note": "hi"}  # as stored: nothing added
     # The raw file has the documented layout.
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert raw["format"] == "emanet" and raw["version"] == 1
     assert set(raw) == {"format", "version", "preset", "classes", "palette", "meta", "state_dict"}
 
     fresh = TinySegmentor()
-    meta = load_checkpoint(fresh, path, progress=False)
+    loaded = load_checkpoint(fresh, path, progress=False)
     assert_same_weights(fresh.state_dict(), model.state_dict())
-    assert meta["classes"] == CLASSES and meta["iter"] == 7
+    assert loaded.classes == tuple(CLASSES) and loaded.meta["iter"] == 7
 
 
 def test_half_checkpoint_loads_back_into_float32_within_fp16_rounding(tmp_path):
@@ -139,7 +133,7 @@ def test_half_checkpoint_loads_back_into_float32_within_fp16_rounding(tmp_path):
     half = save_checkpoint(
         tmp_path / "h.pth", model, preset="p", classes=CLASSES, palette=PALETTE, half=True
     )
-    stored = read_checkpoint(half)["state_dict"]
+    stored = read_checkpoint(half).state_dict
     assert stored["backbone.0.weight"].dtype == torch.float16
     assert stored["backbone.1.num_batches_tracked"].dtype == torch.int64
     assert half.stat().st_size < full.stat().st_size
@@ -161,7 +155,7 @@ def test_half_keeps_tensors_float16_cannot_hold(tmp_path, caplog):
         path = save_checkpoint(
             tmp_path / "h.pth", state, preset="p", classes=[], palette=[], half=True
         )
-    stored = read_checkpoint(path)["state_dict"]
+    stored = read_checkpoint(path).state_dict
     assert stored["small"].dtype == torch.float16
     assert stored["huge"].dtype == torch.float32 and stored["huge"][0].item() == 1e6
     assert "huge" in caplog.text
@@ -245,17 +239,17 @@ def test_mmseg_checkpoint_loads_strictly(tmp_path):
     torch.save(mmseg_checkpoint(model), path)
 
     info = read_checkpoint(path)
-    assert info["format"] == "mmseg"
-    assert info["classes"] == CLASSES
-    assert info["palette"] == PALETTE
-    assert info["preset"] is None
-    assert info["meta"]["iter"] == 80000 and info["meta"]["CLASSES"] == tuple(CLASSES)
+    assert info.format == "mmseg"
+    assert info.classes == tuple(CLASSES)
+    assert info.palette == tuple(PALETTE)
+    assert info.preset is None
+    assert info.meta["iter"] == 80000 and info.meta["CLASSES"] == tuple(CLASSES)
 
     fresh = TinySegmentor()
-    meta = load_checkpoint(fresh, str(path), progress=False)
+    loaded = load_checkpoint(fresh, str(path), progress=False)
     assert_same_weights(fresh.state_dict(), model.state_dict())
-    assert meta["mmseg_version"] == "0.5.0+b2724da"
-    assert meta["classes"] == CLASSES
+    assert loaded.meta["mmseg_version"] == "0.5.0+b2724da"
+    assert loaded.classes == tuple(CLASSES)
 
 
 def test_ddp_module_prefix_is_stripped(tmp_path):
@@ -271,7 +265,7 @@ def test_plain_state_dict(tmp_path):
     model = trained_model()
     torch.save(model.state_dict(), tmp_path / "plain.pth")
     info = read_checkpoint(tmp_path / "plain.pth")
-    assert info["format"] == "plain" and info["meta"] == {} and info["classes"] is None
+    assert info.format == "plain" and info.meta == {} and info.classes is None
     fresh = TinySegmentor()
     load_checkpoint(fresh, tmp_path / "plain.pth", progress=False)
     assert_same_weights(fresh.state_dict(), model.state_dict())
@@ -462,9 +456,27 @@ def test_mmseg_1x_dataset_meta_and_malformed_palette(tmp_path):
     meta = {"dataset_meta": {"classes": tuple(CLASSES), "palette": [list(c) for c in PALETTE]}}
     torch.save({"meta": meta, "state_dict": state}, tmp_path / "v1.pth")
     info = read_checkpoint(tmp_path / "v1.pth")
-    assert info["classes"] == CLASSES and info["palette"] == PALETTE
+    assert info.classes == tuple(CLASSES) and info.palette == tuple(PALETTE)
     torch.save({"meta": {"PALETTE": [[1, 2]]}, "state_dict": state}, tmp_path / "bad.pth")
-    assert read_checkpoint(tmp_path / "bad.pth")["palette"] is None
+    assert read_checkpoint(tmp_path / "bad.pth").palette is None
+
+
+@pytest.mark.parametrize(
+    "palette, reason",
+    [
+        ([(1, 2)] * 3, "not an .r, g, b. triple"),
+        ([(300, 0, 0)] * 3, "not an .r, g, b. triple"),
+        ([(0, 0, 0)] * 2, "2 colours for 3 classes"),
+        ("red", "not a list of colours"),
+    ],
+)
+def test_malformed_palettes_are_ignored_with_a_warning(tmp_path, caplog, palette, reason):
+    meta = {"CLASSES": list(CLASSES), "PALETTE": palette}
+    torch.save({"meta": meta, "state_dict": trained_model().state_dict()}, tmp_path / "m.pth")
+    with caplog.at_level(logging.WARNING, logger="emanet.checkpoint"):
+        info = read_checkpoint(tmp_path / "m.pth")
+    assert info.palette is None and info.classes == tuple(CLASSES)
+    assert re.search(reason, caplog.text) and "m.pth" in caplog.text
 
 
 def test_zoo_names_resolve_to_official_urls(tmp_path, monkeypatch):
@@ -546,8 +558,8 @@ def test_load_checkpoint_from_url_uses_torch_hub_dir(http_root, tmp_path, monkey
     save_checkpoint(served / "toy.pth", model, preset="p", classes=CLASSES, palette=PALETTE)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     fresh = TinySegmentor()
-    meta = load_checkpoint(fresh, f"{base}/toy.pth", progress=False)
-    assert meta["preset"] == "p"
+    loaded = load_checkpoint(fresh, f"{base}/toy.pth", progress=False)
+    assert loaded.preset == "p"
     assert_same_weights(fresh.state_dict(), model.state_dict())
     assert (tmp_path / "hub" / "checkpoints" / "toy.pth").is_file()
 
@@ -572,11 +584,8 @@ def test_http_error_is_a_checkpoint_error(http_root, tmp_path):
     assert list(cache.iterdir()) == []
 
 
-def test_unreachable_host_gives_offline_instructions(tmp_path):
-    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/x-deadbeef.pth"
+def test_unreachable_host_gives_offline_instructions(tmp_path, free_port):
+    url = f"http://127.0.0.1:{free_port()}/x-deadbeef.pth"  # nothing listens there
     with pytest.raises(CheckpointError) as info:
         resolve_checkpoint(url, progress=False, model_dir=tmp_path / "cache")
     message = str(info.value)

@@ -1,25 +1,25 @@
-"""The Cityscapes label table, id mappings, CityscapesDataset and check_dataset."""
+"""The Cityscapes label table, id mappings, CityscapesDataset, check_dataset and the
+synthetic toy city that is written in Cityscapes' layout."""
 
 import dataclasses
+import hashlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torchvision.datasets import Cityscapes as TorchvisionCityscapes
 
-from emanet.data import (
-    CLASSES,
-    IGNORE_INDEX,
-    INSTANCE_CLASSES,
-    LABELS,
-    PALETTE,
-    CityscapesDataset,
-    DatasetReport,
-    Label,
-    check_dataset,
-    label_ids_to_train_ids,
-    train_ids_to_label_ids,
-)
+from emanet.data import cityscapes as cs
 from emanet.data.toycity import generate_toycity
+from emanet.data.transforms import TrainTransform
+
+CLASSES, PALETTE, LABELS = cs.CLASSES, cs.PALETTE, cs.LABELS
+CityscapesDataset, check_dataset = cs.CityscapesDataset, cs.check_dataset
+label_ids_to_train_ids, train_ids_to_label_ids = (
+    cs.label_ids_to_train_ids,
+    cs.train_ids_to_label_ids,
+)
 
 # cityscapesScripts helpers/labels.py, written out independently of the package:
 # id -> (name, trainId, hasInstances)
@@ -130,7 +130,7 @@ def test_label_categories():
 def test_label_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         LABELS[7].train_id = 3  # type: ignore[misc]
-    assert isinstance(LABELS[0], Label)
+    assert isinstance(LABELS[0], cs.Label)
 
 
 def test_classes_palette_and_constants():
@@ -139,9 +139,9 @@ def test_classes_palette_and_constants():
     assert list(PALETTE) == [OFFICIAL_COLORS[i] for i in TRAIN_LABEL_IDS]
     assert PALETTE[0] == (128, 64, 128) and PALETTE[10] == (70, 130, 180)
     assert PALETTE[18] == (119, 11, 32)
-    assert IGNORE_INDEX == 255
-    assert INSTANCE_CLASSES == (11, 12, 13, 14, 15, 16, 17, 18)
-    assert [CLASSES[t] for t in INSTANCE_CLASSES] == [
+    assert cs.IGNORE_INDEX == 255
+    assert cs.INSTANCE_CLASSES == (11, 12, 13, 14, 15, 16, 17, 18)
+    assert [CLASSES[t] for t in cs.INSTANCE_CLASSES] == [
         "person",
         "rider",
         "car",
@@ -174,6 +174,19 @@ def test_label_ids_to_train_ids_keeps_shape_and_handles_wide_types():
     assert label_ids_to_train_ids(np.array([[21]], dtype=np.int64)).shape == (1, 1)
     with pytest.raises(TypeError):
         label_ids_to_train_ids(np.array([7.0]))
+
+
+def test_palette_lut_colours_ids_and_blacks_out_the_rest():
+    lut = cs.palette_lut()
+    assert lut.shape == (256, 3) and lut.dtype == np.uint8
+    ids = np.array([[0, 18, 255], [19, 7, 200]], dtype=np.uint8)
+    colours = lut[ids]
+    assert colours[0, 0].tolist() == list(PALETTE[0]) and colours[0, 1].tolist() == list(
+        PALETTE[18]
+    )
+    assert colours[1, 1].tolist() == list(PALETTE[7])
+    assert not colours[0, 2].any() and not colours[1, 0].any() and not colours[1, 2].any()
+    assert cs.palette_lut([(1, 2, 3)])[:2].tolist() == [[1, 2, 3], [0, 0, 0]]
 
 
 def test_train_ids_to_label_ids_inverts_the_19_classes():
@@ -305,13 +318,14 @@ def test_dataset_rejects_bad_label_maps(tmp_path):
     _write(tmp_path, "train", "ulm", 0, LABEL_GRID, train_ids=bad)
     _write(tmp_path, "train", "ulm", 1, LABEL_GRID, image_size=(5, 3))
     ds = CityscapesDataset(tmp_path, "train")
-    with pytest.raises(ValueError, match=r"ulm_000000_000019_gtFine_labelTrainIds.png.*\[40\]"):
+    pattern = r"ulm_000000_000019_gtFine_labelTrainIds.png.*\[40\]"
+    with pytest.raises(cs.DatasetError, match=pattern):
         ds[0]
-    with pytest.raises(ValueError, match="ulm_000001_000019_leftImg8bit.png"):
+    with pytest.raises(cs.DatasetError, match="ulm_000001_000019_leftImg8bit.png"):
         ds[1]
     rgb_label = ds.labels[1]
     Image.fromarray(np.zeros((3, 4, 3), np.uint8)).save(rgb_label)
-    with pytest.raises(ValueError, match="one channel of integers"):
+    with pytest.raises(cs.DatasetError, match="one channel of integers"):
         ds.load_label(1)
 
 
@@ -320,7 +334,7 @@ def test_dataset_rejects_bad_label_maps(tmp_path):
 
 def test_check_dataset_clean(handmade):
     report = check_dataset(handmade)
-    assert isinstance(report, DatasetReport)
+    assert isinstance(report, cs.DatasetReport)
     assert report.counts == {"train": 3, "val": 1}
     assert report.problems == [] and report.ok
     text = report.format()
@@ -368,6 +382,13 @@ def test_check_dataset_finds_planted_problems(handmade):
     assert "6 problem(s)" in text and all(p in text for p in problems)
 
 
+def test_check_dataset_names_an_unreadable_label(handmade):
+    label = handmade / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png"
+    label.write_bytes(b"garbage")
+    problems = check_dataset(handmade).problems
+    assert len(problems) == 1 and label.name in problems[0] and "cannot read" in problems[0]
+
+
 def test_check_dataset_empty_or_missing_root(tmp_path):
     missing = check_dataset(tmp_path / "absent")
     assert not missing.ok and "absent" in missing.problems[0]
@@ -403,3 +424,62 @@ def test_check_dataset_on_the_toy_city(toy):
     report = check_dataset(toy)
     assert report.ok, report.format()
     assert report.counts == {"train": 4, "val": 2, "test": 1}
+
+
+def test_toy_city_is_read_by_torchvision_with_consistent_instances(toy):
+    stem = "toyberg_000000_000019"
+    assert (toy / f"leftImg8bit/train/toyberg/{stem}_leftImg8bit.png").is_file()
+    for suffix in ("labelIds", "instanceIds", "color"):
+        assert (toy / f"gtFine/train/toyberg/{stem}_gtFine_{suffix}.png").is_file()
+    tv = TorchvisionCityscapes(
+        str(toy), split="train", mode="fine", target_type=["semantic", "instance", "color"]
+    )
+    assert len(tv) == 4
+    img, (semantic, instance, colour) = tv[0]
+    assert img.size == (96, 48)
+    sem = np.asarray(semantic).astype(np.int64)
+    assert np.array_equal(sem, np.asarray(Image.open(tv.targets[0][0])))
+    inst = np.asarray(instance).astype(np.int64)
+    things = inst >= 1000  # labelId * 1000 + k on instances, the labelId elsewhere
+    assert (inst[things] // 1000 == sem[things]).all() and (inst[~things] == sem[~things]).all()
+    # the colour file is the official colour of every labelId
+    colours = {lb.id: lb.color for lb in LABELS if lb.id >= 0}
+    expected = np.array([colours[i] for i in sem.ravel()], np.uint8).reshape(*sem.shape, 3)
+    assert np.array_equal(np.asarray(colour.convert("RGB")), expected)
+
+
+def test_toy_city_covers_every_train_class(tmp_path):
+    root = generate_toycity(tmp_path, train=40, val=0, size=(64, 128), seed=0)
+    seen = set()
+    for path in sorted((root / "gtFine/train").rglob("*_labelIds.png")):
+        seen |= set(label_ids_to_train_ids(np.asarray(Image.open(path))).tolist())
+    assert set(range(19)) <= seen
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.png")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_toy_city_depends_on_its_seed_alone(tmp_path):
+    a = generate_toycity(tmp_path / "a", train=3, val=1, size=(32, 64), seed=7)
+    b = generate_toycity(tmp_path / "b", train=3, val=1, size=(32, 64), seed=7)
+    c = generate_toycity(tmp_path / "c", train=3, val=1, size=(32, 64), seed=8)
+    assert _digest(a) == _digest(b) != _digest(c)
+    with pytest.raises(ValueError, match="at least 16x16"):
+        generate_toycity(tmp_path / "d", size=(8, 64))
+
+
+def test_train_pipeline_on_the_toy_city_keeps_its_label_set(toy):
+    plain = CityscapesDataset(toy, "train")
+    transform = TrainTransform(crop_size=(32, 48), scale=(128, 64))
+    ds = CityscapesDataset(toy, "train", transforms=transform)
+    torch.manual_seed(0)
+    for index in range(len(ds)):
+        image, label = ds[index]
+        assert image.shape == (3, 32, 48) and label.shape == (32, 48)
+        original = set(np.unique(plain.load_label(index)).tolist())
+        assert set(label.unique().tolist()) <= original | {255}

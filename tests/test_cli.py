@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from emanet import build_model
+from emanet import build_model, cli
 from emanet.checkpoint import save_checkpoint
 from emanet.cli import main
 from emanet.data import CLASSES, PALETTE, CityscapesDataset
@@ -99,6 +99,31 @@ def test_eval_writes_metrics_and_cityscapes_files(checkpoint, city, tmp_path, ca
         # labelIds of the 19 train classes only
         assert ids <= {7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33}
         assert (tmp_path / "pred" / image.name).is_file()
+
+
+def test_programming_errors_surface_with_their_traceback(monkeypatch):
+    def broken(args):
+        raise KeyError("a bug in the package")
+
+    monkeypatch.setattr(cli, "_models", broken)
+    with pytest.raises(KeyError, match="a bug in the package"):
+        main(["models"])
+
+
+def test_bad_data_exits_2_naming_the_file(checkpoint, city, tmp_path, caplog):
+    eval_args = ["eval", "--model", str(checkpoint), "--max-images", "1"]
+    assert main([*eval_args, "--data", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in caplog.text
+    label = CityscapesDataset(city, "val").labels[0]
+    bad = label.with_name(label.name.replace("_labelIds", "_labelTrainIds"))
+    Image.fromarray(np.full((48, 96), 40, np.uint8)).save(bad)  # 40 is not a trainId
+    try:
+        caplog.clear()
+        assert main(["-v", *eval_args, "--data", str(city)]) == 2
+    finally:
+        bad.unlink()
+    assert bad.name in caplog.text and "[40]" in caplog.text
+    assert caplog.records[-1].exc_info is not None  # -v: with the traceback
 
 
 def test_data_check(city, capsys):

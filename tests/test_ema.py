@@ -3,7 +3,6 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from emanet import EMAttention, EMTrace
@@ -136,23 +135,18 @@ def test_invalid_arguments():
         EMAttention(8)(torch.randn(1, 4, 2, 2))
 
 
-def _ddp_worker(rank, world, init_file, out_dir):
-    import torch.distributed as dist
-
+def _ddp_worker(rank, world, out_dir):
     torch.manual_seed(0)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        unit = EMAttention(8, num_bases=4).train()  # same seed: same initial bases
-        x = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(100 + rank))
-        unit(x)
-        torch.save(unit.bases, os.path.join(out_dir, f"bases{rank}.pt"))
-        # expected: momentum update with the mean over all ranks' final bases
-    finally:
-        dist.destroy_process_group()
+    unit = EMAttention(8, num_bases=4).train()  # same seed: same initial bases
+    x = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(100 + rank))
+    unit(x)
+    torch.save(unit.bases, os.path.join(out_dir, f"bases{rank}.pt"))
+    # expected: momentum update with the mean over all ranks' final bases
 
 
-def test_bases_identical_across_two_gloo_processes(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.slow
+def test_bases_identical_across_two_gloo_processes(tmp_path, run_gloo):
+    run_gloo(_ddp_worker, str(tmp_path))
     b0 = torch.load(tmp_path / "bases0.pt", weights_only=True)
     b1 = torch.load(tmp_path / "bases1.pt", weights_only=True)
     torch.testing.assert_close(b0, b1, rtol=0, atol=0)

@@ -1,20 +1,29 @@
+import collections
+import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
-import torch.multiprocessing as mp
 from PIL import Image
 
+from emanet import build_model
+from emanet.cli import main as cli_main
+from emanet.data import CityscapesDataset, generate_toycity
 from emanet.evaluate import (
     CITYSCAPES_AVG_INSTANCE_SIZE,
     InstanceIoUMetric,
     IoUMetric,
+    evaluate_segmenter,
     export_cityscapes_results,
     result_file_name,
     save_train_id_png,
 )
+from emanet.predict import Segmenter
+from emanet.train import TrainConfig, train
 
 # Cityscapes labelId of each trainId (cityscapesScripts helpers/labels.py), written out here so
 # that the tests do not depend on the library's own table.
@@ -214,28 +223,22 @@ def _random_instance_batch(seed, n=2, h=12, w=16):
     return np.stack(preds), np.stack(targets), np.stack(insts)
 
 
-def _ddp_worker(rank, world, init_file, out_dir):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        pred, target, inst = _random_instance_batch(seed=rank)
-        metric, imetric = IoUMetric(), InstanceIoUMetric()
-        metric.update(pred, target)
-        imetric.update(pred, target, inst)
-        metric.all_reduce()
-        imetric.all_reduce()
-        torch.save(
-            {"confusion": metric.confusion, "scores": metric.compute(), "iiou": imetric.compute()},
-            os.path.join(out_dir, f"rank{rank}.pt"),
-        )
-    finally:
-        dist.destroy_process_group()
+def _ddp_worker(rank, world, out_dir):
+    pred, target, inst = _random_instance_batch(seed=rank)
+    metric, imetric = IoUMetric(), InstanceIoUMetric()
+    metric.update(pred, target)
+    imetric.update(pred, target, inst)
+    metric.all_reduce()
+    imetric.all_reduce()
+    torch.save(
+        {"confusion": metric.confusion, "scores": metric.compute(), "iiou": imetric.compute()},
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )
 
 
 @pytest.mark.slow
-def test_all_reduce_over_two_gloo_processes(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+def test_all_reduce_over_two_gloo_processes(tmp_path, run_gloo):
+    run_gloo(_ddp_worker, str(tmp_path))
     single, isingle = IoUMetric(), InstanceIoUMetric()
     for rank in range(2):
         pred, target, inst = _random_instance_batch(seed=rank)
@@ -356,3 +359,94 @@ def test_save_train_id_png_round_trip(tmp_path):
         assert im.mode == "L" and np.array(im).tolist() == pred.tolist()
     with pytest.raises(ValueError):
         save_train_id_png(np.array([[300]]), tmp_path / "bad.png")
+
+
+# ----------------------------------------------------------------------------------------------
+# the evaluation loop
+
+
+@pytest.fixture(scope="module")
+def small_city(tmp_path_factory):
+    # 48x96 scenes: the small preset's test scale (512, 256) resizes them, so the test-time
+    # pipeline matters.
+    root = tmp_path_factory.mktemp("city")
+    return generate_toycity(root, train=4, val=3, size=(48, 96), seed=5)
+
+
+@pytest.fixture(scope="module")
+def random_segmenter():
+    torch.manual_seed(0)
+    return Segmenter(build_model("emanet_r18-d8_toycity"), device="cpu")
+
+
+def test_evaluate_segmenter_reads_every_file_once_and_scores_like_a_plain_loop(
+    small_city, random_segmenter, monkeypatch
+):
+    dataset = CityscapesDataset(small_city, "val")
+    opened = collections.Counter()
+    real_open = PIL.Image.open
+
+    def counting_open(fp, *args, **kwargs):
+        opened[Path(fp).name] += 1
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(PIL.Image, "open", counting_open)
+    report = evaluate_segmenter(random_segmenter, dataset, progress=False)
+    monkeypatch.undo()
+    files = [p.name for p in (*dataset.images, *dataset.labels)]
+    files += [dataset.instance_path(i).name for i in range(len(dataset))]
+    assert dict(opened) == {name: 1 for name in files}
+
+    metric = IoUMetric()
+    for index in range(len(dataset)):
+        metric.update(random_segmenter(dataset.images[index]).labels, dataset.load_label(index))
+    expected = metric.compute()
+    assert report["metrics"]["mIoU"] == pytest.approx(expected["mIoU"], abs=1e-12, nan_ok=True)
+    assert report["metrics"]["images"] == 3 and "iIoU" in report["metrics"]
+
+
+def _sharded_eval(rank, world, city, out_dir):
+    torch.manual_seed(0)
+    segmenter = Segmenter(build_model("emanet_r18-d8_toycity"), device="cpu")
+    dataset = CityscapesDataset(city, "val")
+    report = evaluate_segmenter(segmenter, dataset, progress=False, rank=rank, world_size=world)
+    torch.save(report["metrics"], os.path.join(out_dir, f"metrics{rank}.pt"))
+
+
+@pytest.mark.slow
+def test_evaluate_segmenter_shared_across_ranks_equals_one_process(
+    small_city, random_segmenter, tmp_path, run_gloo
+):
+    run_gloo(_sharded_eval, str(small_city), str(tmp_path))
+    alone = evaluate_segmenter(random_segmenter, CityscapesDataset(small_city, "val"))["metrics"]
+    for rank in range(2):
+        shared = torch.load(tmp_path / f"metrics{rank}.pt", weights_only=True)
+        assert shared.keys() == alone.keys()
+        for key in ("aAcc", "mIoU", "mAcc", "iIoU"):
+            assert shared[key] == pytest.approx(alone[key], abs=1e-12, nan_ok=True)
+
+
+@pytest.mark.slow
+def test_validation_during_training_equals_emanet_eval_on_its_model(small_city, tmp_path):
+    config = TrainConfig(
+        preset="emanet_r18-d8_toycity",
+        data_root=str(small_city),
+        work_dir=str(tmp_path / "run"),
+        iters=4,
+        batch_size=2,
+        crop_size=(32, 48),
+        train_scale=(96, 48),
+        val_interval=4,
+        checkpoint_interval=0,
+        num_workers=0,
+    )
+    _, validation = train(config, progress=False)
+    out = tmp_path / "eval.json"
+    model = tmp_path / "run" / "model.pth"
+    assert (
+        cli_main(["eval", "--model", str(model), "--data", str(small_city), "--out", str(out)]) == 0
+    )
+    evaluation = json.loads(out.read_text())
+    for key in ("aAcc", "mIoU", "mAcc"):
+        assert abs(validation[key] - evaluation[key]) <= 1e-9, key
+    assert validation["IoU"].keys() == evaluation["IoU"].keys()

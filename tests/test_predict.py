@@ -1,4 +1,5 @@
 import io
+import logging
 
 import numpy as np
 import pytest
@@ -6,8 +7,11 @@ import torch
 from PIL import Image
 
 from emanet import build_model
-from emanet.checkpoint import save_checkpoint
+from emanet import checkpoint as checkpoint_module
+from emanet.checkpoint import CheckpointError, save_checkpoint
 from emanet.data.cityscapes import CLASSES, PALETTE
+from emanet.data.transforms import TestTransform as EvalTransform  # not a pytest class
+from emanet.data.transforms import preprocess_test_image
 from emanet.imageio import ImageLoadError
 from emanet.predict import Segmenter
 
@@ -96,24 +100,95 @@ def test_bad_files_raise_clear_errors(segmenter, tmp_path):
             segmenter(path)
 
 
-def test_from_pretrained_own_format_and_mmseg_format(tmp_path):
+def _assert_same_model(loaded: Segmenter, model) -> None:
+    """The loaded network is ``model``: the same weights and buffers, the same probabilities."""
+    expected = model.state_dict()
+    got = loaded.model.state_dict()
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(got[key].cpu(), value), key
+    image = photo(seed=5)
+    reference = Segmenter(model, device="cpu")
+    np.testing.assert_array_equal(
+        loaded(image, return_probabilities=True).probabilities,
+        reference(image, return_probabilities=True).probabilities,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A model that is not a fresh one: weights and EM bases moved away from any seed's."""
     torch.manual_seed(1)
-    model = build_model("emanet_r18-d8_toycity").eval()
+    model = build_model("emanet_r18-d8_toycity")
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(0.05 * torch.randn_like(tensor))
+    return model.eval()
+
+
+def test_from_pretrained_own_format(tmp_path, trained):
+    palette = [tuple((np.array(c) // 2).tolist()) for c in PALETTE]  # not the default colours
     path = save_checkpoint(
         tmp_path / "small.pth",
-        model,
-        preset=model.preset.name,
-        classes=list(CLASSES),
-        palette=[tuple(c) for c in PALETTE],
+        trained,
+        preset=trained.preset.name,
+        classes=[f"class {i}" for i in range(19)],
+        palette=palette,
     )
     loaded = Segmenter.from_pretrained(path, device="cpu")
     assert loaded.preset.name == "emanet_r18-d8_toycity"
-    image = photo(seed=5)
-    reference = Segmenter(model, device="cpu")
-    assert (loaded(image).labels == reference(image).labels).all()
-    # an mmseg-style file needs (or infers) its preset
-    torch.save(
-        {"meta": {"CLASSES": tuple(CLASSES)}, "state_dict": model.state_dict()}, tmp_path / "mm.pth"
+    assert loaded.classes == tuple(f"class {i}" for i in range(19))
+    assert loaded.palette == tuple(palette)
+    _assert_same_model(loaded, trained)
+
+
+def test_from_pretrained_mmseg_format_given_or_inferred_preset(tmp_path, trained):
+    path = tmp_path / "mm.pth"
+    torch.save({"meta": {"CLASSES": tuple(CLASSES)}, "state_dict": trained.state_dict()}, path)
+    loaded = Segmenter.from_pretrained(path, preset="emanet_r18-d8_toycity", device="cpu")
+    assert loaded.classes == tuple(CLASSES) and loaded.palette == tuple(PALETTE)
+    _assert_same_model(loaded, trained)
+    with pytest.raises(CheckpointError, match="pass preset="):
+        Segmenter.from_pretrained(path, device="cpu")  # R-18: no 512x1024 preset to infer
+
+
+def test_from_pretrained_reads_the_file_once(tmp_path, trained, monkeypatch):
+    path = save_checkpoint(
+        tmp_path / "m.pth", trained, preset=trained.preset.name, classes=CLASSES, palette=PALETTE
     )
-    loaded = Segmenter.from_pretrained(tmp_path / "mm.pth", preset="emanet_r18-d8_toycity")
-    assert (loaded(image).labels == reference(image).labels).all()
+    reads = []
+    real = checkpoint_module._safe_torch_load
+    monkeypatch.setattr(checkpoint_module, "_safe_torch_load", lambda p: reads.append(p) or real(p))
+    Segmenter.from_pretrained(path, device="cpu")
+    assert reads == [path]
+
+
+@pytest.mark.parametrize(
+    "palette",
+    [[(1, 2)] * 19, [(300, 0, 0)] * 19, [(-1, 0, 0)] * 19, [(0, 0, 0)] * 18],
+    ids=["pairs", "over-255", "negative", "too-short"],
+)
+def test_malformed_checkpoint_palette_is_ignored_at_load(tmp_path, trained, caplog, palette):
+    path = tmp_path / "mm.pth"
+    meta = {"CLASSES": list(CLASSES), "PALETTE": palette}
+    torch.save({"meta": meta, "state_dict": trained.state_dict()}, path)
+    with caplog.at_level(logging.WARNING, logger="emanet"):
+        loaded = Segmenter.from_pretrained(path, preset="emanet_r18-d8_toycity", device="cpu")
+    assert "palette" in caplog.text and "mm.pth" in caplog.text
+    assert loaded.palette == tuple(PALETTE)
+    result = loaded(photo())
+    lut = np.zeros((256, 3), np.uint8)
+    lut[:19] = PALETTE
+    np.testing.assert_array_equal(result.color_mask(), lut[result.labels])
+
+
+def test_preprocess_is_the_test_pipeline(segmenter):
+    """Segmenter, TestTransform (and through the Segmenter, validation and eval) feed the
+    model the same tensor: the one test-time preprocessing function."""
+    for height, width in ((60, 90), (300, 97), (256, 512), (1, 700)):
+        image = Image.fromarray(photo(height, width, seed=height))
+        expected = preprocess_test_image(image, segmenter.preset.test_scale)
+        torch.testing.assert_close(segmenter.preprocess(image)[0], expected, rtol=0, atol=0)
+        transformed, _ = EvalTransform(segmenter.preset.test_scale)(image)
+        torch.testing.assert_close(transformed, expected, rtol=0, atol=0)

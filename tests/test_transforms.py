@@ -21,6 +21,7 @@ from emanet.data.transforms import (
     denormalize,
     keep_ratio_size,
     normalize,
+    preprocess_test_image,
     resized_window,
 )
 from emanet.data.transforms import TestTransform as EvalTransform  # not a pytest class
@@ -55,6 +56,11 @@ def random_pair(h, w, seed=0, values=LABEL_VALUES):
 )
 def test_keep_ratio_size_hand_computed(hw, scale, expected):
     assert keep_ratio_size(*hw, scale) == expected
+
+
+def test_keep_ratio_size_never_empty():
+    # factor 512 / 5000: the single row would round to 0
+    assert keep_ratio_size(1, 5000, (512, 256)) == (1, 512)
 
 
 def test_random_resize_truncates_scaled_target_and_keeps_ratio():
@@ -136,6 +142,30 @@ def test_test_transform_resizes_image_only():
     torch.testing.assert_close(same, normalize(np.array(image)), rtol=0, atol=0)
     with pytest.raises(ValueError):
         EvalTransform()(image, Image.new("L", (5, 5)))
+
+
+def test_preprocess_test_image_resizes_uint8_with_rounding_then_normalises():
+    image, _ = random_pair(10, 30)
+    out = preprocess_test_image(image, (40, 20))
+    assert out.shape == (3, 13, 40) and out.dtype == torch.float32
+    # as mmseg's OpenCV resize: the resized image is uint8 again before normalisation
+    pixels = out * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(
+        3, 1, 1
+    )
+    torch.testing.assert_close(pixels, pixels.round(), rtol=0, atol=1e-4)
+    resized = F.resize(
+        torch.from_numpy(np.array(image)).permute(2, 0, 1).float(),
+        [13, 40],
+        interpolation=InterpolationMode.BILINEAR,
+        antialias=False,
+    )
+    assert (pixels - resized).abs().max() <= 1.0  # rounding (and uint8 kernels) only
+    # every input kind gives the same tensor
+    array = np.array(image)
+    for same in (array, torch.from_numpy(array).permute(2, 0, 1)):
+        torch.testing.assert_close(preprocess_test_image(same, (40, 20)), out, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="uint8"):
+        preprocess_test_image(torch.zeros(3, 4, 4), (8, 8))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,10 +7,12 @@ from .cityscapes import (
     LABELS,
     PALETTE,
     CityscapesDataset,
+    DatasetError,
     DatasetReport,
     Label,
     check_dataset,
     label_ids_to_train_ids,
+    palette_lut,
     train_ids_to_label_ids,
 )
 from .toycity import generate_toycity
@@ -22,10 +24,12 @@ __all__ = [
     "LABELS",
     "PALETTE",
     "CityscapesDataset",
+    "DatasetError",
     "DatasetReport",
     "Label",
     "check_dataset",
     "generate_toycity",
     "label_ids_to_train_ids",
+    "palette_lut",
     "train_ids_to_label_ids",
 ]

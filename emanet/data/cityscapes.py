@@ -36,8 +36,10 @@ __all__ = [
     "IGNORE_INDEX",
     "INSTANCE_CLASSES",
     "label_ids_to_train_ids",
+    "palette_lut",
     "train_ids_to_label_ids",
     "CityscapesDataset",
+    "DatasetError",
     "DatasetReport",
     "check_dataset",
 ]
@@ -46,6 +48,11 @@ log = logging.getLogger(__name__)
 
 #: trainId of every pixel that is not scored (loss and metrics skip it).
 IGNORE_INDEX = 255
+
+
+class DatasetError(ValueError):
+    """A dataset file holds what it must not (a label map of the wrong kind or size);
+    the message names the file. Missing or unreadable files raise ``OSError`` instead."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,17 @@ CLASSES: tuple[str, ...] = tuple(lb.name for lb in _TRAIN_LABELS)
 PALETTE: tuple[tuple[int, int, int], ...] = tuple(lb.color for lb in _TRAIN_LABELS)
 #: trainIds of the classes with instances (scored by iIoU): person ... bicycle.
 INSTANCE_CLASSES: tuple[int, ...] = tuple(lb.train_id for lb in _TRAIN_LABELS if lb.has_instances)
+
+
+def palette_lut(palette: Sequence[Sequence[int]] = PALETTE) -> np.ndarray:
+    """``(256, 3)`` uint8 colour lookup: row ``i`` is ``palette[i]``, every other row black.
+
+    ``palette_lut(palette)[ids]`` colours a uint8 id map ``(H, W)`` as ``(H, W, 3)``, with the
+    ignore index (255) and ids beyond the palette in black.
+    """
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    return lut
 
 
 def _lookup_tables() -> tuple[np.ndarray, np.ndarray]:
@@ -327,13 +345,13 @@ class CityscapesDataset(Dataset):
 
         Raises:
             OSError: the file cannot be decoded (the message names it).
-            ValueError: the map has several channels, or a labelTrainIds file holds values
+            DatasetError: the map has several channels, or a labelTrainIds file holds values
                 other than 0-18 and 255 (the message names the file).
         """
         path = self.labels[index]
         values = _read_values(path)
         if values.ndim != 2 or not np.issubdtype(values.dtype, np.integer):
-            raise ValueError(
+            raise DatasetError(
                 f"{path}: a label map must be one channel of integers, "
                 f"got shape {values.shape} of {values.dtype}"
             )
@@ -345,7 +363,7 @@ class CityscapesDataset(Dataset):
                 bad = ~_VALID_TRAIN_IDS[np.clip(values, 0, 255)] | (values < 0) | (values > 255)
                 found = sorted(int(v) for v in np.unique(values[bad]))
             if found:
-                raise ValueError(f"{path}: values {found[:10]} are not trainIds (0-18 or 255)")
+                raise DatasetError(f"{path}: values {found[:10]} are not trainIds (0-18 or 255)")
             return values.astype(np.uint8, copy=False)
         return label_ids_to_train_ids(values)
 
@@ -354,12 +372,12 @@ class CityscapesDataset(Dataset):
         tensors (decoded by torchvision.io; what the trainer reads).
 
         Raises:
-            OSError, ValueError: as :meth:`load_label`, or the two sizes differ.
+            OSError, DatasetError: as :meth:`load_label`, or the two sizes differ.
         """
         image = _read_rgb(self.images[index])
         label = self.load_label(index)
         if tuple(image.shape[1:]) != label.shape:
-            raise ValueError(
+            raise DatasetError(
                 f"{self.images[index]} is {image.shape[2]}x{image.shape[1]} but its label "
                 f"{self.labels[index]} is {label.shape[1]}x{label.shape[0]}"
             )

@@ -28,13 +28,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .cityscapes import LABELS
+from .cityscapes import LABELS, palette_lut
 
-__all__ = ["generate_toycity", "render_scene", "CITIES"]
+__all__ = ["generate_toycity", "render_scene", "CITIES", "MIN_SIZE"]
 
 log = logging.getLogger(__name__)
 
 CITIES = {"train": ("toyberg", "synthstadt"), "val": ("modelburg",), "test": ("mockheim",)}
+#: The smallest height or width a scene can be drawn at.
+MIN_SIZE = 16
+# Cityscapes annotates the 20th frame (number 19) of each 30-frame snippet: every file name
+# ends in _000019, and so do ours.
+_FRAME = 19
 
 _ID = {lb.name: lb.id for lb in LABELS}
 _HAS_INSTANCES = {lb.id for lb in LABELS if lb.has_instances and lb.id >= 0}
@@ -258,11 +263,7 @@ def _vehicle(c: _Canvas, name: str, x: int, y: int, scale: float) -> None:
     ]
     bw, bh = int(size[0] * w * scale) + 3, int(size[1] * h * scale * 2) + 3
     body = c.colour(name)
-    c.shape(
-        name, "rounded_rectangle", (x - bw // 2, y - bh, x + bw // 2, y), body, 10.0
-    ) if hasattr(ImageDraw.ImageDraw, "rounded_rectangle") else c.shape(
-        name, "rectangle", (x - bw // 2, y - bh, x + bw // 2, y), body, 10.0
-    )
+    c.shape(name, "rounded_rectangle", (x - bw // 2, y - bh, x + bw // 2, y), body, 10.0)
     # windows and wheels keep the vehicle's label (as in Cityscapes)
     glass = np.array([60, 75, 90], dtype=np.float32)
     c.shape(
@@ -275,8 +276,10 @@ def _vehicle(c: _Canvas, name: str, x: int, y: int, scale: float) -> None:
     r = max(1, bh // 6)
     for wx in (x - bw // 3, x + bw // 3):
         c.shape(name, "ellipse", (wx - r, y - r, wx + r, y + r), (20, 20, 20), 3.0)
-    if c.rng.random() < 0.3:  # licence plate: ignored in evaluation, label 'license plate' is -1
-        pass
+    # Nothing is drawn with this number (licence plates are never in labelId maps), but it is
+    # drawn: every later draw, hence every scene, stays byte-identical to the data the bundled
+    # model was trained on.
+    c.rng.random()
 
 
 def _person(c: _Canvas, name: str, x: int, y: int, scale: float) -> None:
@@ -372,10 +375,8 @@ def render_scene(
     return image, c.labels, c.instances
 
 
-_COLOR_LUT = np.zeros((256, 3), dtype=np.uint8)
-for _lb in LABELS:
-    if _lb.id >= 0:
-        _COLOR_LUT[_lb.id] = _lb.color
+# labelId -> the official colour, as in _gtFine_color.png (ids 0-33 are the table's rows 0-33).
+_COLOR_LUT = palette_lut([lb.color for lb in sorted(LABELS, key=lambda lb: lb.id) if lb.id >= 0])
 
 
 def generate_toycity(
@@ -395,15 +396,15 @@ def generate_toycity(
     """
     root = Path(root)
     height, width = size
-    if height < 16 or width < 16:
-        raise ValueError(f"size must be at least 16x16, got {height}x{width}")
+    if min(height, width) < MIN_SIZE:
+        raise ValueError(f"size must be at least {MIN_SIZE}x{MIN_SIZE}, got {height}x{width}")
     for split_index, (split, count) in enumerate((("train", train), ("val", val), ("test", test))):
         cities = CITIES[split]
         for index in range(count):
             city = cities[index % len(cities)]
             rng = np.random.default_rng([seed, split_index, index])
             image, labels, instances = render_scene(height, width, rng)
-            stem = f"{city}_{index // len(cities):06d}_{19:06d}"
+            stem = f"{city}_{index // len(cities):06d}_{_FRAME:06d}"
             img_dir = root / "leftImg8bit" / split / city
             gt_dir = root / "gtFine" / split / city
             img_dir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,11 @@
 """Joint image/label pipelines of mmsegmentation's Cityscapes config.
 
+Testing is one function, :func:`preprocess_test_image` (mmsegmentation's ``test_pipeline`` and
+data preprocessor): keep-ratio resize into the test scale, rounded back to uint8 as OpenCV's
+resize is, then normalisation. :class:`~emanet.predict.Segmenter` calls it, and through the
+Segmenter so do validation during training and ``emanet eval``; :class:`TestTransform` wraps it
+for a dataset.
+
 Training (``TrainTransform``), in mmsegmentation's order:
 
 1. ``RandomResize``: draw ``ratio ~ U(ratio_range)``, target scale ``(int(2048 r), int(1024 r))``,
@@ -17,8 +23,7 @@ steps 4-5 on the batch wherever it is trained (:meth:`TrainTransform.finish`, on
 trainer). Only the crop window of the resized image is ever computed, from the source pixels it
 needs, and labels are only ever resized with nearest neighbour, so a label map is never blended
 into class ids that were not there. The single-image classes (``RandomResize``, ``RandomCrop``,
-``PhotoMetricDistortion``) work on torchvision's ``tv_tensors``; ``TestTransform`` is the test
-pipeline.
+``PhotoMetricDistortion``) work on torchvision's ``tv_tensors``.
 
 All randomness is drawn from torch's default generator: ``torch.manual_seed`` makes a run
 reproducible and DataLoader workers (which reseed torch per worker) get different augmentations.
@@ -47,6 +52,7 @@ __all__ = [
     "denormalize",
     "keep_ratio_size",
     "normalize",
+    "preprocess_test_image",
     "resized_window",
 ]
 
@@ -153,13 +159,13 @@ def keep_ratio_size(height: int, width: int, scale: Sequence[int]) -> tuple[int,
     min(scale) / min(h, w))``, and each side becomes ``int(side * factor + 0.5)``.
 
     Returns:
-        ``(new_height, new_width)``.
+        ``(new_height, new_width)``, each at least 1 (a 1x5000 strip would round to 0 rows).
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"empty image {height}x{width}")
     long_edge, short_edge = max(scale), min(scale)
     factor = min(long_edge / max(height, width), short_edge / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
 
 def _resize_pair(
@@ -621,8 +627,35 @@ class TrainTransform:
         return out * valid.unsqueeze(1)
 
 
+def preprocess_test_image(
+    image: ImageLike,
+    scale: Sequence[int],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """The test-time preprocessing: what the model sees of an image at test time.
+
+    mmsegmentation's Cityscapes ``test_pipeline`` and data preprocessor: the uint8 RGB image is
+    resized, keeping its aspect ratio, to fit inside ``scale`` (:func:`keep_ratio_size`;
+    bilinear without antialiasing, rounded back to uint8 as OpenCV's resize is), then
+    normalised with ``mean``/``std``. The resize runs on the image's device.
+
+    Args:
+        image: a PIL RGB image, an ``(H, W, 3)`` uint8 array or a ``(3, H, W)`` uint8 tensor.
+        scale: ``(long, short)``, e.g. the preset's ``test_scale``; orientation does not matter.
+
+    Returns:
+        float32 ``(3, h, w)`` on the image's device, ``(h, w) = keep_ratio_size(H, W, scale)``.
+    """
+    img = _as_image(image)
+    if img.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 pixels (0-255), got {img.dtype}")
+    img, _ = _resize_pair(img, None, keep_ratio_size(*img.shape[-2:], scale))
+    return normalize(img, mean, std)
+
+
 class TestTransform:
-    """mmsegmentation's Cityscapes test pipeline: keep-ratio resize into ``scale``, normalise.
+    """:func:`preprocess_test_image` as a dataset transform: ``(image, label)`` pairs.
 
     The label is returned at its original size, untouched: evaluation compares predictions
     (upsampled to the original resolution by the model wrapper) with the original labels.
@@ -651,6 +684,4 @@ class TestTransform:
             mask = _as_mask(label)
             _check_same_size(img, mask)
             lbl = mask.as_subclass(torch.Tensor)[0].long()
-        size = keep_ratio_size(*img.shape[-2:], self.scale)
-        img, _ = _resize_pair(img, None, size)
-        return normalize(img, self.mean, self.std), lbl
+        return preprocess_test_image(img, self.scale, self.mean, self.std), lbl

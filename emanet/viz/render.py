@@ -1,27 +1,24 @@
-"""Pictures of what EM attention does: responsibility grids, convergence, bases vs classes.
+"""What EM attention does, as arrays: responsibility grids, convergence, bases vs classes.
 
-Everything here draws arrays and :class:`~emanet.ema.EMTrace` records, never models. The
-``*_grid`` / ``*_image`` / ``base_across_iterations`` functions return ``(H, W, 3)`` uint8 images
-built with numpy and Pillow (they sit on the app's hot path and must take milliseconds); the
-``*_figure`` functions return matplotlib figures for notebooks and reports.
-Only :class:`matplotlib.figure.Figure` is used (no pyplot), so nothing depends on the backend.
+Everything here reads :class:`~emanet.ema.EMTrace` records, never models, and returns numpy
+arrays or plain numbers. The ``*_grid`` / ``*_image`` / ``base_across_iterations`` functions
+return ``(H, W, 3)`` uint8 images built with numpy and Pillow: they sit on the app's hot path
+and must take milliseconds. Matplotlib figures of the same things are in
+:mod:`emanet.viz.figures`; matplotlib is used here only for its colour maps.
 
 Iterations are counted from 1 as in the paper (``t = 1..T``); ``-1`` means the last one.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib import colormaps
-from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
-from .ema import EMTrace
+from ..ema import EMTrace
 
 __all__ = [
     "responsibility_maps",
@@ -31,12 +28,9 @@ __all__ = [
     "attention_grid_slot",
     "base_across_iterations",
     "convergence",
-    "convergence_figure",
     "base_class_matrix",
-    "base_class_figure",
     "base_class_image",
     "legend_image",
-    "plot_training_curves",
 ]
 
 # Colour look-up tables, (256, 3) uint8: indexing is much faster than calling the colormap.
@@ -326,25 +320,6 @@ def convergence(trace: EMTrace, sample: int = 0) -> dict[str, list[float]]:
     return {"base_shift": shifts, "entropy": entropies}
 
 
-def convergence_figure(trace: EMTrace, sample: int = 0) -> Figure:
-    """Two line plots of :func:`convergence` against the iteration ``t``."""
-    stats = convergence(trace, sample)
-    steps = np.arange(1, trace.num_iterations + 1)
-    fig = Figure(figsize=(7.0, 2.8), layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(steps, stats["base_shift"], marker="o")
-    ax1.set(xlabel="EM iteration t", ylabel="mean 1 - cos(mu_t, mu_t-1)", title="bases moved")
-    num_bases = trace.responsibilities[0].shape[1]
-    ax2.plot(steps, stats["entropy"], marker="o", color="tab:orange")
-    ax2.axhline(np.log(num_bases), ls="--", color="grey", lw=1, label=f"log K (K={num_bases})")
-    ax2.set(xlabel="EM iteration t", ylabel="entropy (nats)", title="responsibility entropy")
-    ax2.legend(loc="best", fontsize="small")
-    for ax in (ax1, ax2):
-        ax.set_xticks(steps)
-    fig.suptitle("EM convergence")
-    return fig
-
-
 def base_class_matrix(
     trace: EMTrace,
     labels: np.ndarray,
@@ -373,26 +348,6 @@ def base_class_matrix(
     np.add.at(matrix.T, small[valid], flat[:, valid].T)
     totals = matrix.sum(axis=1, keepdims=True)
     return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
-
-
-def base_class_figure(
-    matrix: np.ndarray, classes: Sequence[str], order: Sequence[int] | None = None
-) -> Figure:
-    """Heat map of :func:`base_class_matrix`: bases in ``order`` as rows, classes as columns."""
-    order = np.arange(matrix.shape[0]) if order is None else np.asarray(order)
-    fig = Figure(figsize=(7, max(3, 0.12 * len(order) + 1.5)), layout="constrained")
-    ax = fig.subplots()
-    im = ax.imshow(matrix[order], aspect="auto", cmap="magma", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=7)
-    step = max(1, len(order) // 16)
-    ax.set_yticks(range(0, len(order), step), [str(b) for b in order[::step]], fontsize=7)
-    ax.set(
-        xlabel="class",
-        ylabel="base (in the given order)",
-        title="share of each base's responsibility per class",
-    )
-    fig.colorbar(im, ax=ax, shrink=0.8, label="share of the base's mass")
-    return fig
 
 
 def base_class_image(
@@ -456,37 +411,3 @@ def legend_image(
         draw.rectangle((x, y, x + 14, y + 12), fill=colour, outline=(0, 0, 0))
         draw.text((x + 20, y), classes[index], fill=(0, 0, 0))
     return np.asarray(image)
-
-
-def plot_training_curves(metrics_jsonl: str | Path) -> Figure:
-    """Loss curves and validation mIoU from a trainer's ``metrics.jsonl``.
-
-    Rows with ``loss`` (and optionally ``loss_decode``, ``loss_aux``) are training logs; rows
-    with ``mIoU`` (percent) are validations; both carry ``iter``. Blank or malformed lines (a
-    run killed mid-write) are skipped. Left axes: losses; right axes: mIoU.
-    """
-    rows = []
-    for line in Path(metrics_jsonl).read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and "iter" in row:
-            rows.append(row)
-    train = [r for r in rows if "loss" in r]
-    val = [r for r in rows if "mIoU" in r]
-    fig = Figure(figsize=(9, 3.2), layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2)
-    for key, label in (("loss", "total"), ("loss_decode", "decode head"), ("loss_aux", "aux")):
-        points = [(r["iter"], r[key]) for r in train if key in r]
-        if points:
-            ax1.plot(*zip(*points, strict=True), label=label)
-    ax1.set(xlabel="iteration", ylabel="cross-entropy loss", title="training loss")
-    if train:
-        ax1.legend(fontsize="small")
-    if val:
-        ax2.plot([r["iter"] for r in val], [r["mIoU"] for r in val], marker="o", color="tab:green")
-    else:
-        ax2.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax2.transAxes)
-    ax2.set(xlabel="iteration", ylabel="mIoU (%)", title="validation mIoU")
-    return fig
