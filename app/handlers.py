@@ -29,15 +29,7 @@ from emanet.imageio import ImageLoadError
 from emanet.predict import Prediction, Segmenter
 from emanet.presets import SMALL_PRESET, get_preset
 from emanet.segmentor import build_model
-from emanet.viz.render import (
-    attention_grid,
-    attention_grid_slot,
-    base_across_iterations,
-    base_class_image,
-    base_class_matrix,
-    base_order,
-    convergence,
-)
+from emanet.viz import render
 
 from .png import PngWriter
 
@@ -202,7 +194,7 @@ def run_model(
         raise gr.Error(str(error)) from None
     seconds = time.perf_counter() - started
     log.info("segmented %s in %.2f s", Path(path).name, seconds)
-    order = base_order(prediction.trace.responsibilities[-1][0])
+    order = render.base_order(prediction.trace.responsibilities[-1][0])
     return Session(prediction, order, model or BUNDLED, seconds)
 
 
@@ -246,12 +238,14 @@ def grid(session: Session, iteration) -> np.ndarray:
     """All bases' responsibilities at iteration ``t`` (clipped to 1..T), largest share first."""
     trace = session.prediction.trace
     t = int(np.clip(int(iteration), 1, trace.num_iterations))
-    return attention_grid(trace, t, order=session.order, cols=GRID_COLS, tile=GRID_TILE)
+    return render.attention_grid(trace, t, order=session.order, cols=GRID_COLS, tile=GRID_TILE)
 
 
 def base_at(session: Session, x: int, y: int) -> int | None:
     """The base whose tile holds pixel ``(x, y)`` of :func:`grid`'s image, or ``None``."""
-    slot = attention_grid_slot(session.prediction.trace, x, y, cols=GRID_COLS, tile=GRID_TILE)
+    slot = render.attention_grid_slot(
+        session.prediction.trace, x, y, cols=GRID_COLS, tile=GRID_TILE
+    )
     if slot is None or slot >= len(session.order):
         return None
     return int(session.order[slot])
@@ -260,14 +254,14 @@ def base_at(session: Session, x: int, y: int) -> int | None:
 def single_base(session: Session, base) -> np.ndarray:
     """Base ``#base`` (clipped to 0..K-1) over the image at every iteration, side by side."""
     base = int(np.clip(int(base), 0, len(session.order) - 1))
-    return base_across_iterations(
+    return render.base_across_iterations(
         session.prediction.trace, base, session.prediction.image, max_width=1400
     )
 
 
 def convergence_table(session: Session) -> pd.DataFrame:
-    """:func:`emanet.viz.convergence` in long form for ``gr.LinePlot`` (one line per measure)."""
-    stats = convergence(session.prediction.trace)
+    """:func:`emanet.viz.render.convergence` in long form for ``gr.LinePlot``, a line a measure."""
+    stats = render.convergence(session.prediction.trace)
     measures = {
         "base_shift": "bases moved: mean 1 - cos(mu_t, mu_t-1)",
         "entropy": "responsibility entropy (nats)",
@@ -283,8 +277,8 @@ def convergence_table(session: Session) -> pd.DataFrame:
 def base_class_heatmap(session: Session, max_bases: int = 32) -> np.ndarray:
     """Bases (rows, largest share first) x classes present (columns) as a uint8 heat map."""
     p = session.prediction
-    matrix = base_class_matrix(p.trace, p.labels, num_classes=len(p.classes))
-    return base_class_image(matrix, p.classes, session.order, max_bases=max_bases)
+    matrix = render.base_class_matrix(p.trace, p.labels, num_classes=len(p.classes))
+    return render.base_class_image(matrix, p.classes, session.order, max_bases=max_bases)
 
 
 def summary(session: Session, random_weights: bool = False) -> str:
@@ -330,8 +324,8 @@ class Explorer:
         self.png = PngWriter()  # images go out as fast, lossless PNG files
         # Compresses /segment's overlay PNG while the request's thread draws the attention grid;
         # one worker per concurrent run (the queue runs two).
-        self._render = ThreadPoolExecutor(max_workers=2, thread_name_prefix="emanet-render")
-        weakref.finalize(self, self._render.shutdown, wait=False)
+        self._png_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="emanet-render")
+        weakref.finalize(self, self._png_pool.shutdown, wait=False)
         self.default_model = default_model or None
         self.choices = model_choices(default_model)
         self.random_bundled = segmenter_factory is None and bundled_missing()
@@ -362,7 +356,7 @@ class Explorer:
         # worker (zlib holds none of it) while this thread draws the attention grid.
         # PngWriter's level 1 costs no latency over level 0 here (measured on localhost: it
         # runs while the grid is drawn) and sends 1.7-2.5x fewer bytes.
-        overlay_png = self._render.submit(self.png, overlay(session, opacity), "overlay")
+        overlay_png = self._png_pool.submit(self.png, overlay(session, opacity), "overlay")
         grid_png = self.png(grid(session, session.prediction.trace.num_iterations), "attention")
         areas = session.prediction.class_areas()
         return (

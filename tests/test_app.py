@@ -161,6 +161,7 @@ def test_odd_images_are_segmented(client, files, name):
             assert np.asarray(result).mean() < 200
 
 
+@pytest.mark.slow
 def test_huge_image_is_capped(client, files):
     overlay = segment(client, files["huge.png"], max_size=512)[0]
     assert Image.open(overlay).size == (512, 512)
@@ -214,6 +215,7 @@ def test_bad_files_give_clear_errors_and_server_keeps_serving(client, files, nam
     assert segment(client, files["one.png"])[0]
 
 
+@pytest.mark.slow
 def test_eight_concurrent_clients_all_answered(server, files):
     results, errors = [], []
 
@@ -267,6 +269,7 @@ def _chromium():
     not _chromium() and os.environ.get("CI") != "true",
     reason="Debian's chromium is not installed (apt-get install chromium)",
 )
+@pytest.mark.slow
 def test_browser_upload_shows_segmentation_and_attention_grid(server, files, tmp_path):
     from playwright.sync_api import sync_playwright
 

@@ -1,5 +1,4 @@
 import collections
-import json
 import math
 import os
 from pathlib import Path
@@ -11,7 +10,6 @@ import torch
 from PIL import Image
 
 from emanet import build_model
-from emanet.cli import main as cli_main
 from emanet.data import CityscapesDataset, generate_toycity
 from emanet.evaluate import (
     CITYSCAPES_AVG_INSTANCE_SIZE,
@@ -23,7 +21,6 @@ from emanet.evaluate import (
     save_train_id_png,
 )
 from emanet.predict import Segmenter
-from emanet.train import TrainConfig, train
 
 # Cityscapes labelId of each trainId (cityscapesScripts helpers/labels.py), written out here so
 # that the tests do not depend on the library's own table.
@@ -424,29 +421,3 @@ def test_evaluate_segmenter_shared_across_ranks_equals_one_process(
         assert shared.keys() == alone.keys()
         for key in ("aAcc", "mIoU", "mAcc", "iIoU"):
             assert shared[key] == pytest.approx(alone[key], abs=1e-12, nan_ok=True)
-
-
-@pytest.mark.slow
-def test_validation_during_training_equals_emanet_eval_on_its_model(small_city, tmp_path):
-    config = TrainConfig(
-        preset="emanet_r18-d8_toycity",
-        data_root=str(small_city),
-        work_dir=str(tmp_path / "run"),
-        iters=4,
-        batch_size=2,
-        crop_size=(32, 48),
-        train_scale=(96, 48),
-        val_interval=4,
-        checkpoint_interval=0,
-        num_workers=0,
-    )
-    _, validation = train(config, progress=False)
-    out = tmp_path / "eval.json"
-    model = tmp_path / "run" / "model.pth"
-    assert (
-        cli_main(["eval", "--model", str(model), "--data", str(small_city), "--out", str(out)]) == 0
-    )
-    evaluation = json.loads(out.read_text())
-    for key in ("aAcc", "mIoU", "mAcc"):
-        assert abs(validation[key] - evaluation[key]) <= 1e-9, key
-    assert validation["IoU"].keys() == evaluation["IoU"].keys()

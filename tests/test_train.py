@@ -7,6 +7,7 @@ import torch
 from emanet import train as train_module
 from emanet.backbone import ResNetV1c
 from emanet.checkpoint import read_checkpoint
+from emanet.cli import main as cli_main
 from emanet.data.toycity import generate_toycity
 from emanet.presets import get_preset
 from emanet.segmentor import EMANet
@@ -177,3 +178,16 @@ def test_workers_finish_cpu_batches_as_the_step_would(city, tmp_path):
     assert images.dtype == torch.uint8 and finished[0].dtype == torch.float32
     assert torch.equal(transform.finish(images, params), finished[0])  # bit for bit
     assert torch.equal(labels, finished[1]) and torch.equal(params, finished[2])
+
+
+@pytest.mark.slow
+def test_final_validation_equals_emanet_eval_on_model_pth(city, tmp_path):
+    # 48x96 scenes: the preset's test scale (512, 256) resizes them, so the pipeline matters.
+    _, validation = train(config(city, tmp_path, val_interval=4), progress=False)
+    out = tmp_path / "eval.json"
+    args = ["eval", "--model", str(tmp_path / "model.pth"), "--data", str(city), "--out", str(out)]
+    assert cli_main(args) == 0
+    evaluation = json.loads(out.read_text())
+    for key in ("aAcc", "mIoU", "mAcc"):
+        assert abs(validation[key] - evaluation[key]) <= 1e-9, key
+    assert validation["images"] == evaluation["images"] == 2

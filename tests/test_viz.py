@@ -9,22 +9,7 @@ from PIL import Image, ImageDraw
 
 from emanet import EMAttention, EMTrace
 from emanet.data import CLASSES, PALETTE
-from emanet.viz import (
-    _VIRIDIS,
-    _stamp_labels,
-    attention_grid,
-    attention_grid_slot,
-    base_across_iterations,
-    base_class_figure,
-    base_class_image,
-    base_class_matrix,
-    base_order,
-    base_shares,
-    convergence,
-    convergence_figure,
-    legend_image,
-    plot_training_curves,
-)
+from emanet.viz import figures, render
 
 
 def real_trace(k=8, t=3, h=6, w=10):
@@ -45,50 +30,50 @@ def constant_trace(levels, h=4, w=4, t=1):
 def test_base_order_by_share_and_ties_stable():
     resp = np.zeros((4, 2, 2))
     resp[0], resp[1], resp[2], resp[3] = 0.1, 0.6, 0.2, 0.1
-    assert base_order(resp).tolist() == [1, 2, 0, 3]
-    assert base_order(torch.from_numpy(resp)).tolist() == [1, 2, 0, 3]
-    np.testing.assert_allclose(base_shares(resp), [0.1, 0.6, 0.2, 0.1])
+    assert render.base_order(resp).tolist() == [1, 2, 0, 3]
+    assert render.base_order(torch.from_numpy(resp)).tolist() == [1, 2, 0, 3]
+    np.testing.assert_allclose(render.base_shares(resp), [0.1, 0.6, 0.2, 0.1])
     # a base that owns a larger area outranks one that is stronger on fewer pixels
     resp = np.zeros((2, 1, 4))
     resp[0, 0] = [1.0, 0.0, 0.0, 0.0]
     resp[1, 0] = [0.0, 1.0, 1.0, 1.0]
-    assert base_order(resp).tolist() == [1, 0]
+    assert render.base_order(resp).tolist() == [1, 0]
 
 
 def test_attention_grid_shape_dtype_and_layout():
     trace = real_trace(k=8)
-    grid = attention_grid(trace, iteration=2, cols=4, tile=30)
+    grid = render.attention_grid(trace, iteration=2, cols=4, tile=30)
     assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[2] == 3
     tile_w = round(30 * 10 / 6)
     assert grid.shape == (2 * 32 + 2, 4 * (tile_w + 2) + 2, 3)
-    assert attention_grid(trace, iteration=1, max_bases=3, cols=3, tile=20).shape[0] == 24
+    assert render.attention_grid(trace, iteration=1, max_bases=3, cols=3, tile=20).shape[0] == 24
     picture = np.full((60, 100, 3), 200, np.uint8)
-    assert attention_grid(trace, -1, image=picture, cols=4, tile=30).shape == grid.shape
+    assert render.attention_grid(trace, -1, image=picture, cols=4, tile=30).shape == grid.shape
     with pytest.raises(ValueError, match="iteration"):
-        attention_grid(trace, iteration=0)
+        render.attention_grid(trace, iteration=0)
     with pytest.raises(ValueError, match="iteration"):
-        attention_grid(trace, iteration=4)
+        render.attention_grid(trace, iteration=4)
 
 
 def test_attention_grid_tiles_are_ordered_by_share():
     levels = [0.125, 0.0, 0.75, 0.125]  # exact in float32; ties keep the index order
     trace = constant_trace(levels)
     tile = 40
-    grid = attention_grid(trace, cols=2, tile=tile, vmax=1.0)
+    grid = render.attention_grid(trace, cols=2, tile=tile, vmax=1.0)
 
     def colour(slot):  # bottom-right pixel of a tile, away from the label
         r, c = divmod(slot, 2)
         return grid[2 + r * (tile + 2) + tile - 2, 2 + c * (tile + 2) + tile - 2]
 
     for slot, base in enumerate([2, 0, 3, 1]):
-        np.testing.assert_array_equal(colour(slot), _VIRIDIS[int(levels[base] * 255 + 0.5)])
+        np.testing.assert_array_equal(colour(slot), render._VIRIDIS[int(levels[base] * 255 + 0.5)])
     # by default the largest responsibility shown is the brightest colour
-    grid = attention_grid(trace, cols=2, tile=tile)
-    np.testing.assert_array_equal(colour(0), _VIRIDIS[255])
-    np.testing.assert_array_equal(colour(3), _VIRIDIS[0])
+    grid = render.attention_grid(trace, cols=2, tile=tile)
+    np.testing.assert_array_equal(colour(0), render._VIRIDIS[255])
+    np.testing.assert_array_equal(colour(3), render._VIRIDIS[0])
     # a given order is kept
-    grid = attention_grid(trace, order=[1, 3], cols=2, tile=tile)
-    np.testing.assert_array_equal(grid[tile, tile], _VIRIDIS[0])
+    grid = render.attention_grid(trace, order=[1, 3], cols=2, tile=tile)
+    np.testing.assert_array_equal(grid[tile, tile], render._VIRIDIS[0])
 
 
 def test_stamped_labels_are_pillows_pixels():
@@ -109,7 +94,7 @@ def test_stamped_labels_are_pillows_pixels():
             draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=(0, 0, 0))
             draw.text(xy, text, fill=(255, 255, 255))
     stamped = background.copy()
-    _stamp_labels(stamped, labels)
+    render._stamp_labels(stamped, labels)
     np.testing.assert_array_equal(stamped, np.asarray(reference))
     assert (stamped != background).any()
 
@@ -121,21 +106,21 @@ def test_attention_grid_slot_inverts_the_layout():
     for slot in range(8):
         r, c = divmod(slot, cols)
         x, y = 2 + c * (tile_w + 2) + tile_w // 2, 2 + r * (tile + 2) + tile // 2
-        assert attention_grid_slot(trace, x, y, cols=cols, tile=tile) == slot
-    assert attention_grid_slot(trace, 0, 0, cols=cols, tile=tile) is None  # border
-    assert attention_grid_slot(trace, 2 + tile_w, 5, cols=cols, tile=tile) is None  # gap
-    assert attention_grid_slot(trace, 10_000, 5, cols=cols, tile=tile) is None
+        assert render.attention_grid_slot(trace, x, y, cols=cols, tile=tile) == slot
+    assert render.attention_grid_slot(trace, 0, 0, cols=cols, tile=tile) is None  # border
+    assert render.attention_grid_slot(trace, 2 + tile_w, 5, cols=cols, tile=tile) is None  # gap
+    assert render.attention_grid_slot(trace, 10_000, 5, cols=cols, tile=tile) is None
 
 
 def test_base_across_iterations_panels():
     trace = real_trace(t=4)
     image = np.zeros((60, 100, 3), np.uint8)
-    strip = base_across_iterations(trace, base=2, image=image)
+    strip = render.base_across_iterations(trace, base=2, image=image)
     assert strip.shape == (60, 4 * 100 + 3 * 4, 3) and strip.dtype == np.uint8
-    narrow = base_across_iterations(trace, base=2, image=image, max_width=200)
+    narrow = render.base_across_iterations(trace, base=2, image=image, max_width=200)
     assert narrow.shape[1] <= 200 + 3 * 4
     with pytest.raises(ValueError, match="base"):
-        base_across_iterations(trace, base=8, image=image)
+        render.base_across_iterations(trace, base=8, image=image)
 
 
 def test_convergence_hand_made_trace():
@@ -143,32 +128,32 @@ def test_convergence_hand_made_trace():
     bases = torch.nn.functional.normalize(torch.randn(1, c, k), dim=1)
     uniform = torch.full((1, k, 2, 2), 1.0 / k)
     trace = EMTrace(responsibilities=[uniform, uniform], bases=[bases, bases], initial_bases=bases)
-    stats = convergence(trace)
+    stats = render.convergence(trace)
     assert max(abs(s) for s in stats["base_shift"]) < 1e-6  # identical bases: no shift
     assert all(abs(e - math.log(k)) < 1e-6 for e in stats["entropy"])  # uniform: log K
     # opposite bases: 1 - cos = 2 at t=1, then no move at t=2
     trace.initial_bases = -bases
-    shift = convergence(trace)["base_shift"]
+    shift = render.convergence(trace)["base_shift"]
     assert abs(shift[0] - 2.0) < 1e-6 and abs(shift[1]) < 1e-6
     # orthogonal bases: 1 - cos = 1
     e = torch.eye(2).view(1, 2, 2)
     trace = EMTrace([torch.full((1, 2, 1, 1), 0.5)], [e], e.flip(2))
-    assert abs(convergence(trace)["base_shift"][0] - 1.0) < 1e-6
+    assert abs(render.convergence(trace)["base_shift"][0] - 1.0) < 1e-6
     # decided pixels: entropy 0 (no log 0 trouble)
     onehot = torch.zeros(1, k, 2, 2)
     onehot[:, 1] = 1.0
     trace = EMTrace([onehot], [bases], bases)
-    assert convergence(trace)["entropy"] == [0.0]
-    assert math.isnan(convergence(EMTrace([onehot], [bases], None))["base_shift"][0])
+    assert render.convergence(trace)["entropy"] == [0.0]
+    assert math.isnan(render.convergence(EMTrace([onehot], [bases], None))["base_shift"][0])
 
 
 def test_convergence_of_real_em_and_figure():
     trace = real_trace(k=8, t=5)
-    stats = convergence(trace)
+    stats = render.convergence(trace)
     assert len(stats["base_shift"]) == len(stats["entropy"]) == 5
     assert all(0 <= e <= math.log(8) + 1e-6 for e in stats["entropy"])
     assert all(0 <= s <= 2 for s in stats["base_shift"])
-    fig = convergence_figure(trace)
+    fig = figures.convergence_figure(trace)
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     assert all(ax.get_xlabel() and ax.get_ylabel() and ax.get_title() for ax in fig.axes)
 
@@ -178,16 +163,16 @@ def test_base_class_matrix_by_hand():
     resp = torch.tensor([[[[0.75, 0.25]], [[0.25, 0.75]]]])
     trace = EMTrace(responsibilities=[resp], bases=[torch.zeros(1, 1, 2)])
     labels = np.array([[3, 3, 5, 5]], dtype=np.uint8)  # (1, 4) -> nearest to (1, 2)
-    m = base_class_matrix(trace, labels, num_classes=19)
+    m = render.base_class_matrix(trace, labels, num_classes=19)
     assert m.shape == (2, 19)
     np.testing.assert_allclose(m.sum(1), 1.0)
     np.testing.assert_allclose(m[0, [3, 5]], [0.75, 0.25])
     np.testing.assert_allclose(m[1, [3, 5]], [0.25, 0.75])
     # ignored pixels do not count
-    m = base_class_matrix(trace, np.array([[3, 3, 255, 255]]))
+    m = render.base_class_matrix(trace, np.array([[3, 3, 255, 255]]))
     np.testing.assert_allclose(m[:, 3], [1.0, 1.0])
     # no counted pixel at all: zero rows, not NaN
-    assert not base_class_matrix(trace, np.full((1, 4), 255)).any()
+    assert not render.base_class_matrix(trace, np.full((1, 4), 255)).any()
 
 
 def test_base_class_matrix_matches_a_loop():
@@ -195,7 +180,7 @@ def test_base_class_matrix_matches_a_loop():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 19, (6, 10))
     labels[0, :3] = 255
-    m = base_class_matrix(trace, labels)
+    m = render.base_class_matrix(trace, labels)
     resp = trace.responsibilities[-1][0].numpy()
     expected = np.zeros((5, 19))
     for y in range(6):
@@ -205,20 +190,20 @@ def test_base_class_matrix_matches_a_loop():
     expected /= expected.sum(1, keepdims=True)
     np.testing.assert_allclose(m, expected, rtol=1e-5)
     np.testing.assert_allclose(m.sum(1), 1.0)
-    order = base_order(resp)
-    assert isinstance(base_class_figure(m, CLASSES, order), Figure)
-    image = base_class_image(m, CLASSES, order)
+    order = render.base_order(resp)
+    assert isinstance(figures.base_class_figure(m, CLASSES, order), Figure)
+    image = render.base_class_image(m, CLASSES, order)
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[0] > 5 * 16
 
 
 def test_legend_image():
-    legend = legend_image(CLASSES, PALETTE, present=[0, 10, 13, 255])
+    legend = render.legend_image(CLASSES, PALETTE, present=[0, 10, 13, 255])
     assert legend.dtype == np.uint8 and legend.shape[2] == 3
     pixels = legend.reshape(-1, 3)
     for trainid in (0, 10, 13):
         assert (pixels == np.array(PALETTE[trainid], np.uint8)).all(1).any()
     assert not (pixels == np.array(PALETTE[11], np.uint8)).all(1).any()
-    assert legend_image(CLASSES, PALETTE, present=[]).shape[2] == 3
+    assert render.legend_image(CLASSES, PALETTE, present=[]).shape[2] == 3
 
 
 def test_training_curves(tmp_path):
@@ -228,7 +213,7 @@ def test_training_curves(tmp_path):
     ] + [{"iter": 4, "mIoU": 12.5, "aAcc": 50.0}]
     path = tmp_path / "metrics.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"iter": 5, "lo')
-    fig = plot_training_curves(path)
+    fig = figures.plot_training_curves(path)
     loss_ax, miou_ax = fig.axes
     assert [line.get_label() for line in loss_ax.lines] == ["total", "decode head", "aux"]
     assert loss_ax.lines[0].get_xdata().tolist() == [1, 2, 3, 4]
@@ -236,4 +221,4 @@ def test_training_curves(tmp_path):
     assert all(ax.get_xlabel() == "iteration" and ax.get_ylabel() for ax in fig.axes)
     # no validation rows yet: still a figure
     path.write_text(json.dumps(rows[0]))
-    assert len(plot_training_curves(path).axes) == 2
+    assert len(figures.plot_training_curves(path).axes) == 2

@@ -5,32 +5,8 @@ app; :mod:`~emanet.viz.figures` makes matplotlib figures for notebooks and repor
 re-exported here: ``from emanet import viz; viz.attention_grid(...)``.
 """
 
-from .figures import base_class_figure, convergence_figure, plot_training_curves
-from .render import (
-    attention_grid,
-    attention_grid_slot,
-    base_across_iterations,
-    base_class_image,
-    base_class_matrix,
-    base_order,
-    base_shares,
-    convergence,
-    legend_image,
-    responsibility_maps,
-)
+from . import figures, render
+from .figures import *  # noqa: F403 (the names of figures.__all__)
+from .render import *  # noqa: F403 (the names of render.__all__)
 
-__all__ = [
-    "attention_grid",
-    "attention_grid_slot",
-    "base_across_iterations",
-    "base_class_figure",
-    "base_class_image",
-    "base_class_matrix",
-    "base_order",
-    "base_shares",
-    "convergence",
-    "convergence_figure",
-    "legend_image",
-    "plot_training_curves",
-    "responsibility_maps",
-]
+__all__ = [*render.__all__, *figures.__all__]
