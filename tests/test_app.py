@@ -30,14 +30,18 @@ pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, free_port):
+def demo(tmp_path_factory):
     torch.manual_seed(0)
     segmenter = Segmenter(build_model("emanet_r18-d8_toycity"), device="cpu")
-    demo = build_demo(
+    return build_demo(
         segmenter_factory=lambda name: segmenter,
         examples_dir=tmp_path_factory.mktemp("examples"),
         preload=True,
     )
+
+
+@pytest.fixture(scope="module")
+def server(demo, free_port):
     port = free_port()
     demo.launch(
         server_name="127.0.0.1",
@@ -171,8 +175,7 @@ def _slider(demo, elem_id):
     return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
 
 
-def test_size_slider_and_handler_take_the_same_range(client, files, tmp_path):
-    demo = build_demo(segmenter_factory=lambda name: None, examples_dir=tmp_path)
+def test_size_slider_and_handler_take_the_same_range(demo, client, files):
     slider = _slider(demo, "max-size")
     assert (slider.minimum, slider.maximum) == (handlers.MIN_SIZE, handlers.MAX_SIZE)
     assert slider.value == handlers.DEFAULTS["max_size"]

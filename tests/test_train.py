@@ -70,6 +70,7 @@ def test_train_writes_checkpoints_metrics_and_model(city, tmp_path):
     assert not torch.equal(EMANet(model.preset).em_unit.bases, model.em_unit.bases)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1])
 def test_interrupted_then_resumed_run_equals_uninterrupted(city, tmp_path, monkeypatch, workers):
     straight, _ = train(config(city, tmp_path / "a", num_workers=workers), progress=False)
