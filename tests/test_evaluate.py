@@ -384,7 +384,7 @@ def test_evaluate_segmenter_reads_every_file_once_and_scores_like_a_plain_loop(
     real_open = PIL.Image.open
 
     def counting_open(fp, *args, **kwargs):
-        opened[Path(fp).name] += 1
+        opened[Path(getattr(fp, "name", fp)).name] += 1  # a path or an open file
         return real_open(fp, *args, **kwargs)
 
     monkeypatch.setattr(PIL.Image, "open", counting_open)
