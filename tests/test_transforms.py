@@ -159,7 +159,7 @@ def test_preprocess_test_image_resizes_uint8_with_rounding_then_normalises():
         interpolation=InterpolationMode.BILINEAR,
         antialias=False,
     )
-    assert (pixels - resized).abs().max() <= 1.0  # rounding (and uint8 kernels) only
+    assert (pixels - resized).abs().max() <= 0.5 + 1e-4  # rounding only
     # every input kind gives the same tensor
     array = np.array(image)
     for same in (array, torch.from_numpy(array).permute(2, 0, 1)):

@@ -637,8 +637,10 @@ def preprocess_test_image(
 
     mmsegmentation's Cityscapes ``test_pipeline`` and data preprocessor: the uint8 RGB image is
     resized, keeping its aspect ratio, to fit inside ``scale`` (:func:`keep_ratio_size`;
-    bilinear without antialiasing, rounded back to uint8 as OpenCV's resize is), then
-    normalised with ``mean``/``std``. The resize runs on the image's device.
+    bilinear without antialiasing, rounded back to 0-255 integers as OpenCV's uint8 resize
+    is), then normalised with ``mean``/``std``. The resize runs in float32 on the image's
+    device, the same arithmetic on every device (torchvision's uint8 kernel for the CPU would
+    round differently from its CUDA path).
 
     Args:
         image: a PIL RGB image, an ``(H, W, 3)`` uint8 array or a ``(3, H, W)`` uint8 tensor.
@@ -650,8 +652,15 @@ def preprocess_test_image(
     img = _as_image(image)
     if img.dtype != torch.uint8:
         raise TypeError(f"expected uint8 pixels (0-255), got {img.dtype}")
-    img, _ = _resize_pair(img, None, keep_ratio_size(*img.shape[-2:], scale))
-    return normalize(img, mean, std)
+    pixels = img.as_subclass(torch.Tensor).float()
+    size = keep_ratio_size(*pixels.shape[-2:], scale)
+    if size != tuple(pixels.shape[-2:]):
+        # antialias=False: OpenCV's INTER_LINEAR does not low-pass filter when shrinking.
+        pixels = F.resize(
+            pixels, list(size), interpolation=InterpolationMode.BILINEAR, antialias=False
+        )
+        pixels = pixels.round_().clamp_(0, 255)
+    return normalize(pixels, mean, std)
 
 
 class TestTransform:
