@@ -117,7 +117,7 @@ def load_backbone(
         )
     except CheckpointError as error:
         raise CheckpointError(f"cannot load the pretrained backbone {name}: {error}") from None
-    state_dict = read_checkpoint(path)["state_dict"]
+    state_dict = read_checkpoint(path).state_dict
     expected = target.state_dict()
     if not any(k in expected for k in state_dict):
         inner = {
