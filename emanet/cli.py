@@ -12,16 +12,33 @@ import sys
 
 from .checkpoint import CheckpointError
 from .data.cityscapes import DatasetError
+from .export import ExportError
 from .imageio import ImageLoadError
+from .precision import check_precision
+from .runtime import resolve_device
 from .train import TrainingDiverged
 
-__all__ = ["configure_logging", "main"]
+__all__ = ["UsageError", "configure_logging", "main"]
 
 log = logging.getLogger(__name__)
 
-# What a person can fix (a checkpoint, an image, a dataset, a path, a diverged run): reported
-# in one line, exit code 2. Anything else is a bug in this package and surfaces as a traceback.
-USER_ERRORS = (CheckpointError, ImageLoadError, DatasetError, TrainingDiverged, OSError)
+
+class UsageError(Exception):
+    """An option this machine cannot honour (``--device cuda`` without a GPU, ...)."""
+
+
+# What a person can fix (an option, a checkpoint, an image, a dataset, a path, an export, a
+# diverged run): reported in one line, exit code 2. Anything else is a bug in this package and
+# surfaces as a traceback.
+USER_ERRORS = (
+    UsageError,
+    CheckpointError,
+    ImageLoadError,
+    DatasetError,
+    ExportError,
+    TrainingDiverged,
+    OSError,
+)
 
 
 def _add_predict(sub) -> None:
@@ -318,10 +335,24 @@ def configure_logging(verbose: bool = False) -> None:
     )
 
 
+def _check_runtime_options(args) -> None:
+    """``--device`` and ``--precision`` (where a subcommand has them) must be runnable here."""
+    device, precision = getattr(args, "device", None), getattr(args, "precision", None)
+    if device is None and precision is None:
+        return
+    try:
+        resolved = resolve_device(device)
+        if precision is not None:
+            check_precision(precision, resolved)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
     try:
+        _check_runtime_options(args)
         return args.func(args)
     except USER_ERRORS as error:
         # -v: the traceback too, for a report.
