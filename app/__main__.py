@@ -12,9 +12,8 @@ import sys
 
 from emanet.checkpoint import CheckpointError
 from emanet.cli import configure_logging
-from emanet.precision import PRECISIONS, check_precision
-from emanet.predict import DEFAULT_PRECISION
-from emanet.runtime import resolve_device
+from emanet.precision import check_precision
+from emanet.runtime import add_runtime_arguments, resolve_device
 
 from . import build_demo  # importing the package switches Gradio's analytics off first
 
@@ -30,15 +29,7 @@ def main(argv: list[str] | None = None) -> None:
         "--model",
         help="default model: a zoo name or a .pth file (default: the bundled toy-city model)",
     )
-    parser.add_argument(
-        "--device", help="cpu, cuda (this GPU) or cuda:N (default: cuda if available)"
-    )
-    parser.add_argument(
-        "--precision",
-        choices=tuple(PRECISIONS),
-        default=DEFAULT_PRECISION,
-        help=f"autocast precision of the models (default: {DEFAULT_PRECISION})",
-    )
+    add_runtime_arguments(parser, compile=False)
     parser.add_argument("--share", action="store_true", help="also open a public share link")
     parser.add_argument(
         "--max-file-size",

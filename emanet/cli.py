@@ -15,7 +15,7 @@ from .data.cityscapes import DatasetError
 from .export import ExportError
 from .imageio import ImageLoadError
 from .precision import check_precision
-from .runtime import resolve_device
+from .runtime import add_runtime_arguments, resolve_device
 from .train import TrainingDiverged
 
 __all__ = ["UsageError", "configure_logging", "main"]
@@ -56,27 +56,8 @@ def _add_predict(sub) -> None:
     p.add_argument(
         "--batch-size", type=int, help="images of one size per forward pass (default: by device)"
     )
-    _add_runtime_options(p)
+    add_runtime_arguments(p)
     p.set_defaults(func=_predict)
-
-
-def _add_runtime_options(p) -> None:
-    """Where and how the model runs: the same three options wherever a model predicts."""
-    from .precision import PRECISIONS
-    from .predict import DEFAULT_PRECISION
-
-    p.add_argument(
-        "--device", help="cpu, cuda (this process's GPU) or cuda:N (default: cuda if available)"
-    )
-    p.add_argument(
-        "--precision",
-        choices=tuple(PRECISIONS),
-        default=DEFAULT_PRECISION,
-        help=f"autocast precision (default: {DEFAULT_PRECISION}, the reference numerics)",
-    )
-    p.add_argument(
-        "--compile", action="store_true", help="torch.compile the model (the first image compiles)"
-    )
 
 
 def _segmenter(args):
@@ -128,7 +109,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--cityscapes-format", help="folder for labelId PNGs (official scripts)")
     p.add_argument("--out", help="JSON file for the metrics (with the confusion matrix)")
     p.add_argument("--plots", help="folder for confusion.png and per_class_iou.png")
-    _add_runtime_options(p)
+    add_runtime_arguments(p)
     p.set_defaults(func=_eval)
 
 

@@ -14,7 +14,14 @@ import os
 import torch
 from torch import nn
 
-__all__ = ["announce_compilation", "compile_module", "resolve_device", "unwrap", "usable_cpus"]
+__all__ = [
+    "add_runtime_arguments",
+    "announce_compilation",
+    "compile_module",
+    "resolve_device",
+    "unwrap",
+    "usable_cpus",
+]
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +102,26 @@ def announce_compilation(what: str) -> None:
         "compiling %s with torch.compile: the first call (and each new input size) takes a while",
         what,
     )
+
+
+def add_runtime_arguments(parser, compile: bool = True) -> None:
+    """Where and how a model runs: ``--device``, ``--precision`` (and ``--compile``), the same
+    options for every command that runs a model (``emanet predict/eval``, ``python -m app``)."""
+    from .precision import PRECISIONS
+    from .predict import DEFAULT_PRECISION
+
+    parser.add_argument(
+        "--device", help="cpu, cuda (this process's GPU) or cuda:N (default: cuda if available)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default=DEFAULT_PRECISION,
+        help=f"autocast precision (default: {DEFAULT_PRECISION}, the reference numerics)",
+    )
+    if compile:
+        parser.add_argument(
+            "--compile",
+            action="store_true",
+            help="torch.compile the model (the first image compiles)",
+        )
