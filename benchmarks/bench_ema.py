@@ -7,6 +7,11 @@ and print ratios:
     floor ratio  = floor time / unit time     (target >= 0.90)
     einsum ratio = einsum time / unit time    (target >= 1.00)
 
+On CUDA it also times the unit with TF32 matmuls (what bf16/fp16 runs use, see
+emanet/precision.py) and compiled with torch.compile, and reports each variant's error relative to
+a float64 run of the same maths: max |variant - float64| / max |float64| (target <= 1e-3). The
+R-50 head at 2048x1024 is ``--batch 2 --height 128 --width 256`` (issue target: <= 1.5 ms).
+
 Usage: python benchmarks/bench_ema.py [--device cuda] [--batch 2 --channels 512 ...]
 """
 
@@ -19,6 +24,11 @@ import torch.nn.functional as F
 from timing import median_time
 
 from emanet import EMAttention, EMTrace
+from emanet.precision import tf32_matmuls
+
+
+def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((result.double() - reference).abs().max() / reference.abs().max()).item()
 
 
 def einsum_em(x, bases, steps):
@@ -86,6 +96,22 @@ def main() -> None:
     print(f"same results          {same}")
     print(f"floor ratio  (floor/unit)   {floor / t_unit:.3f}  (target >= 0.90)")
     print(f"einsum ratio (einsum/unit)  {t_einsum / t_unit:.3f}  (target >= 1.00)")
+
+    with torch.inference_mode():
+        reference = unit.double()(x.double())
+        unit.float()
+        variants = {"strict fp32": (unit, False)}
+        if device.type == "cuda":
+            variants["tf32"] = (unit, True)
+            compiled = torch.compile(unit)
+            variants["compiled fp32"] = (compiled, False)
+            variants["compiled tf32"] = (compiled, True)
+        print("variant           ms      rel. error vs float64")
+        for name, (fn, tf32) in variants.items():
+            with tf32_matmuls() if tf32 else torch.no_grad():
+                ms = median_time(lambda f=fn: f(x), device, args.repeat, warmup=3) * 1e3
+                error = relative_error(fn(x), reference)
+            print(f"{name:15s} {ms:7.3f}  {error:.2e}")
 
 
 if __name__ == "__main__":

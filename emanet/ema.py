@@ -250,8 +250,14 @@ def _check_inverse_temperature(value: float) -> None:
         raise ValueError(f"inverse_temperature must be a positive number, got {value!r}")
 
 
+#: Device types whose autocast can be switched off. A constant, not
+#: ``torch.amp.is_autocast_available``: torch.compile cannot trace that builtin, and the graph
+#: break it caused left the compiled unit running eagerly.
+_AUTOCAST_DEVICE_TYPES = ("cpu", "cuda", "xpu", "mps", "hpu")
+
+
 def _autocast_off(device_type: str):
     """A context that disables autocast on ``device_type`` (a no-op where autocast is unknown)."""
-    is_available = getattr(torch.amp, "is_autocast_available", None)
-    known = is_available(device_type) if is_available else device_type in ("cpu", "cuda")
-    return torch.autocast(device_type, enabled=False) if known else contextlib.nullcontext()
+    if device_type in _AUTOCAST_DEVICE_TYPES:
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()

@@ -4,6 +4,11 @@ autocast context, and that refuses a precision the device cannot run.
 Mixed precision here is PyTorch's autocast: convolutions and matmuls run in the lower
 precision, reductions, softmax and losses in float32, and the EM unit always iterates in float32
 (see :mod:`emanet.ema`). Weights stay float32.
+
+On CUDA, bf16 and fp16 runs also let the float32 matmuls left inside autocast -- in practice the
+EM unit's -- use TF32 tensor cores (10-bit mantissa, three bits more than bf16): strict float32
+matmuls of the unit's skinny shapes ``(N x C) @ (C x K)`` run on the GPU's scalar units and made
+the unit a third of the whole bf16 forward pass. fp32 runs stay strict float32 everywhere.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import contextlib
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast", "check_precision", "default_precision"]
+__all__ = ["PRECISIONS", "autocast", "check_precision", "default_precision", "tf32_matmuls"]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -44,9 +49,30 @@ def check_precision(precision: str, device: torch.device | str) -> str:
 
 
 def autocast(precision: str, device: torch.device | str):
-    """The autocast context for ``precision`` on ``device`` (a no-op for fp32)."""
+    """The autocast context for ``precision`` on ``device`` (a no-op for fp32); on CUDA, bf16 and
+    fp16 also allow TF32 for the float32 matmuls inside (see the module docstring)."""
     device = torch.device(device)
     check_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast(device.type, dtype=PRECISIONS[precision]))
+    if device.type == "cuda":
+        stack.enter_context(tf32_matmuls())
+    return stack
+
+
+@contextlib.contextmanager
+def tf32_matmuls():
+    """Allow TF32 for CUDA float32 matmuls inside the block, and restore the previous setting.
+
+    PyTorch keeps this switch process-wide (``torch.backends.cuda.matmul.allow_tf32``); scoping
+    it here keeps every fp32 run of the package strict, whatever ran before.
+    """
+    matmul = torch.backends.cuda.matmul
+    previous = matmul.allow_tf32
+    matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        matmul.allow_tf32 = previous

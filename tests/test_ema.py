@@ -290,3 +290,16 @@ def test_cuda_autocast_dtype_mix_reproduced_on_cpu(monkeypatch, dtype):
     monkeypatch.setattr(ema_module.F, "normalize", real_normalize)
     same(x.float())
     torch.testing.assert_close(unit.bases, same.bases, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_the_unit_compiles_into_one_graph(autocast):
+    # A graph break inside the unit (once: an untraceable autocast check) made torch.compile
+    # re-trace the rest of forward on every call until its recompile limit, then run it eagerly.
+    torch._dynamo.reset()
+    unit = EMAttention(16, num_bases=4, num_iterations=2, centered_cosine=True).eval()
+    x = torch.randn(2, 16, 6, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        explanation = torch._dynamo.explain(unit)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1

@@ -47,6 +47,28 @@ def test_autocast_contexts():
         autocast("half", "cpu")
 
 
+@pytest.mark.filterwarnings("ignore:User provided device_type of 'cuda'")
+def test_half_precision_on_cuda_allows_tf32_only_inside(monkeypatch):
+    # The switch is PyTorch's process-wide flag; the context sets it and restores what was there.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    matmul = torch.backends.cuda.matmul
+    original = matmul.allow_tf32
+    try:
+        for before in (False, True):
+            matmul.allow_tf32 = before
+            with autocast("bf16", "cuda"):
+                assert matmul.allow_tf32
+            assert matmul.allow_tf32 is before
+            with autocast("fp32", "cuda"), autocast("bf16", "cpu"):
+                assert matmul.allow_tf32 is before  # fp32, and every CPU run, stay strict
+        matmul.allow_tf32 = False
+        with pytest.raises(RuntimeError, match="inside"), autocast("fp16", "cuda"):
+            raise RuntimeError("inside")
+        assert matmul.allow_tf32 is False
+    finally:
+        matmul.allow_tf32 = original
+
+
 def scenes(count=2, seed=5):
     """Toy-city street scenes (the bundled model's domain) and their trainIds."""
     rng = np.random.default_rng(seed)
