@@ -9,12 +9,12 @@ names its source.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from emanet.atomicfile import atomic_write
 from emanet.data.toycity import render_scene
 
 __all__ = ["example_images", "photo_examples", "toycity_examples", "toycity_val_examples"]
@@ -31,15 +31,10 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
 def _save_once(path: Path, draw) -> None:
-    """Write ``draw()`` (an ``(H, W, 3)`` uint8 array) to ``path`` as PNG unless it exists.
-
-    Atomic (a temporary file renamed into place): two app processes may share the folder.
-    """
-    if path.exists():
-        return
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    Image.fromarray(draw()).save(tmp)
-    tmp.replace(path)
+    """Write ``draw()`` (an ``(H, W, 3)`` uint8 array) to ``path`` as PNG unless it exists
+    (atomically: two app processes may share the folder)."""
+    if not path.exists():
+        atomic_write(path, lambda tmp: Image.fromarray(draw()).save(tmp, format="PNG"))
 
 
 def toycity_examples(folder: Path, count: int = 3) -> list[tuple[str, str]]:

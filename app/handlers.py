@@ -312,11 +312,11 @@ def single_base(session: Session, base) -> np.ndarray:
     )
 
 
-#: The convergence plot's lines (all in [0, 1] for a decided run) and their legends.
+#: The convergence plot's lines and their legends (short: the plot's label explains them).
 CONVERGENCE_MEASURES = {
-    "base_shift": "bases moved: mean 1 - cos(mu_t, mu_t-1)",
-    "entropy": "responsibility entropy / ln K (1 = uniform)",
-    "max_responsibility": "largest responsibility (mean over pixels)",
+    "base_shift": "base shift",
+    "entropy": "entropy / ln K",
+    "max_responsibility": "max responsibility",
 }
 
 

@@ -184,7 +184,11 @@ def build_demo(
                     x="iteration",
                     y="value",
                     color="measure",
-                    label="EM convergence: how far the bases move, how decided the pixels are",
+                    label=(
+                        "EM convergence: base shift = mean 1 − cos(μ_t, μ_t−1) (how far the bases "
+                        "move); entropy / ln K (1 = uniform) and max responsibility (1 = every "
+                        "pixel owned by one base), means over the pixels"
+                    ),
                     x_title="EM iteration t",
                     y_title="value",
                     elem_id="convergence",
