@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint format demo lab bench clean
+.PHONY: install test test-fast lint format demo lab bench screenshot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ demo: $(STAMP)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
+
+# docs/app.png: the app on the bundled model, a toy-city example, in Debian's chromium.
+screenshot: $(STAMP)
+	$(BIN)/python benchmarks/screenshot_app.py --out docs/app.png
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ema.py

@@ -24,6 +24,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
+from emanet.attention import AttentionStats, trace_stats
 from emanet.checkpoint import BUNDLED_CHECKPOINT, MODEL_ZOO, CheckpointError
 from emanet.imageio import ImageLoadError
 from emanet.predict import Prediction, Segmenter
@@ -41,8 +42,13 @@ ZOO = list(MODEL_ZOO)
 MAX_ITERATIONS = 10
 # The input size cap (longer side, pixels): the slider's range and step, and what /segment takes.
 MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 2048, 32
-#: Inputs of the ``/segment`` endpoint after the image, with their defaults.
-DEFAULTS = {"iterations": 3, "max_size": 1024, "opacity": 0.5}
+# The lambda what-if control: a multiplier of the model's own inverse temperature (1 = its own).
+MIN_LAMBDA_SCALE, MAX_LAMBDA_SCALE = 0.01, 100.0
+LAMBDA_SCALE_NAME = "λ multiplier"
+#: Inputs of the ``/segment`` endpoint after the image and the model, with their defaults.
+DEFAULTS = {"iterations": 3, "max_size": 1024, "opacity": 0.5, "lambda_scale": 1.0}
+# What the summary calls a run's attention, by its mean responsibility entropy / ln K.
+DECIDED_ENTROPY, UNIFORM_ENTROPY = 0.5, 0.9
 # The attention grid's layout; the click handler must use the same numbers.
 GRID_COLS, GRID_TILE = 8, 72
 RANDOM_WEIGHTS_NOTICE = (
@@ -117,6 +123,14 @@ class Session:
     order: np.ndarray  # bases by share of the image at the last iteration, largest first
     model: str
     seconds: float
+    own_lambda: float  # the model's own inverse temperature
+    lambda_scale: float = 1.0  # the run's lambda = own_lambda * lambda_scale
+    attention: list[AttentionStats] | None = None  # emanet.attention's measures, per iteration
+
+    @property
+    def inverse_temperature(self) -> float:
+        """The lambda the run used."""
+        return self.own_lambda * self.lambda_scale
 
 
 def model_choices(default: str | None = None) -> list[str]:
@@ -141,18 +155,31 @@ def _model_key(model: str | None, uploaded: str | None, allowed: list[str]) -> s
     return model
 
 
-def _image_path(image) -> str:
-    """The uploaded file's path, from a raw ``gr.Image`` payload (the event skips Gradio's
-    preprocessing so that :func:`emanet.imageio.load_image` decodes every file itself)."""
+def _image_file(image) -> tuple[str, str]:
+    """``(path, name)`` of the uploaded file, from a raw ``gr.Image`` payload (the event skips
+    Gradio's preprocessing so that :func:`emanet.imageio.load_image` decodes every file
+    itself). ``path`` is Gradio's copy on the server; ``name`` is what the person calls the
+    file (the payload's ``orig_name``, else the copy's file name), for messages."""
     if image is None:
         raise gr.Error("Upload an image first (or pick an example).")
+    name = None
     if isinstance(image, dict):
-        image = image.get("path")
+        image, name = image.get("path"), image.get("orig_name")
     elif hasattr(image, "path"):
-        image = image.path
+        image, name = image.path, getattr(image, "orig_name", None)
     if not image:
         raise gr.Error("The image did not arrive as a file; upload it again.")
-    return str(image)
+    path = str(image)
+    # Only the last component: a client chooses orig_name and may send a path.
+    return path, Path(str(name or path).replace("\\", "/")).name or Path(path).name
+
+
+def _without_path(message: str, path: str, name: str) -> str:
+    """``message`` with the server path ``path`` (and its folder) replaced by ``name``: error
+    messages name the file a person uploaded, never where the server keeps it."""
+    folder = str(Path(path).parent)
+    message = message.replace(path, name)
+    return message.replace(folder, "<upload>") if folder not in ("", ".", "/") else message
 
 
 def _number(value, name: str, low: float, high: float) -> float:
@@ -173,29 +200,55 @@ def run_model(
     iterations,
     max_size,
     allowed: list[str],
+    lambda_scale=1.0,
 ) -> Session:
-    """Segment ``image`` with its EM trace; every user mistake becomes a ``gr.Error``."""
-    path = _image_path(image)
+    """Segment ``image`` with its EM trace and measure its attention; every user mistake
+    becomes a ``gr.Error``.
+
+    ``lambda_scale`` multiplies the model's own inverse temperature for this run (a what-if;
+    at 1 the model runs exactly as it was trained).
+    """
+    path, name = _image_file(image)
     steps = int(_number(iterations, "EM iterations", 1, MAX_ITERATIONS))
     size = int(_number(max_size, "input size cap", MIN_SIZE, MAX_SIZE))
+    scale = _number(lambda_scale, LAMBDA_SCALE_NAME, MIN_LAMBDA_SCALE, MAX_LAMBDA_SCALE)
     key = _model_key(model, uploaded, allowed)
+    is_upload = model == UPLOADED
+    checkpoint_name = Path(str(key)).name if is_upload else str(model)
     try:
-        segmenter = cache.get(key, uploaded=model == UPLOADED)
+        segmenter = cache.get(key, uploaded=is_upload)
     except CheckpointError as error:
-        raise gr.Error(str(error)) from None
+        message = str(error)
+        raise gr.Error(
+            _without_path(message, key, checkpoint_name) if is_upload else message
+        ) from None
     except Exception as error:  # a checkpoint of the wrong kind can fail in many ways
         log.exception("could not load model %s", key)
-        raise gr.Error(f"Could not load model {model!r}: {error}") from None
+        message = f"Could not load model {checkpoint_name!r}: {error}"
+        raise gr.Error(
+            _without_path(message, key, checkpoint_name) if is_upload else message
+        ) from None
+    own_lambda = float(segmenter.model.em_unit.inverse_temperature)
     started = time.perf_counter()
     try:
-        prediction = segmenter(path, trace=True, num_iterations=steps, max_size=size)
+        prediction = segmenter(
+            path,
+            trace=True,
+            num_iterations=steps,
+            max_size=size,
+            # None at 1x: the model's own unit, untouched (not a multiplication by 1.0).
+            inverse_temperature=None if scale == 1.0 else own_lambda * scale,
+        )
     except ImageLoadError as error:
-        # The message names Gradio's temporary copy; the person knows the file by its name.
-        raise gr.Error(str(error)) from None
+        # The error names Gradio's temporary copy; the person knows the file by its name.
+        message = f"Cannot load image {name}: {error.reason}"
+        raise gr.Error(_without_path(message, path, name)) from None
     seconds = time.perf_counter() - started
-    log.info("segmented %s in %.2f s", Path(path).name, seconds)
-    order = render.base_order(prediction.trace.responsibilities[-1][0])
-    return Session(prediction, order, model or BUNDLED, seconds)
+    log.info("segmented %s in %.2f s", name, seconds)
+    trace = prediction.trace
+    order = render.base_order(trace.responsibilities[-1][0])
+    attention = [trace_stats(trace, t)[0] for t in range(trace.num_iterations)]
+    return Session(prediction, order, model or BUNDLED, seconds, own_lambda, scale, attention)
 
 
 def class_table(prediction: Prediction, areas: dict[str, float] | None = None) -> pd.DataFrame:
@@ -259,17 +312,27 @@ def single_base(session: Session, base) -> np.ndarray:
     )
 
 
+#: The convergence plot's lines and their legends (short: the plot's label explains them).
+CONVERGENCE_MEASURES = {
+    "base_shift": "base shift",
+    "entropy": "entropy / ln K",
+    "max_responsibility": "max responsibility",
+}
+
+
 def convergence_table(session: Session) -> pd.DataFrame:
-    """:func:`emanet.viz.render.convergence` in long form for ``gr.LinePlot``, a line a measure."""
-    stats = render.convergence(session.prediction.trace)
-    measures = {
-        "base_shift": "bases moved: mean 1 - cos(mu_t, mu_t-1)",
-        "entropy": "responsibility entropy (nats)",
+    """Per EM iteration, in long form for ``gr.LinePlot`` (a line a measure): how far the bases
+    moved (:func:`emanet.viz.render.convergence`) and how decided the pixels are
+    (:mod:`emanet.attention`'s entropy / ln K and mean largest responsibility)."""
+    series = {
+        "base_shift": render.convergence(session.prediction.trace)["base_shift"],
+        "entropy": [stats.entropy for stats in session.attention],
+        "max_responsibility": [stats.max_responsibility for stats in session.attention],
     }
     rows = [
-        {"iteration": t, "value": value, "measure": label}
-        for key, label in measures.items()
-        for t, value in enumerate(stats[key], start=1)
+        {"iteration": t, "value": value, "measure": CONVERGENCE_MEASURES[key]}
+        for key, values in series.items()
+        for t, value in enumerate(values, start=1)
     ]
     return pd.DataFrame(rows, columns=["iteration", "value", "measure"])
 
@@ -281,8 +344,37 @@ def base_class_heatmap(session: Session, max_bases: int = 32) -> np.ndarray:
     return render.base_class_image(matrix, p.classes, session.order, max_bases=max_bases)
 
 
+def attention_summary(session: Session) -> str:
+    """What the attention of this run measured (its last iteration) and with which lambda."""
+    stats = session.attention[-1]
+    steps = len(session.attention)
+    bases = len(session.order)
+    if stats.entropy >= UNIFORM_ENTROPY:
+        verdict = "nearly uniform: every pixel is shared by many bases, the maps show little"
+    elif stats.entropy <= DECIDED_ENTROPY:
+        verdict = "decided: most pixels belong to one base"
+    else:
+        verdict = "partly decided"
+    own = f"{session.own_lambda:g}"
+    if session.lambda_scale == 1.0:
+        lam = f"λ = {own}, the model's own"
+    else:
+        lam = (
+            f"**what-if: λ = {session.inverse_temperature:g} = {session.lambda_scale:g}× the "
+            f"model's own λ = {own}**, not the responsibilities the model was trained with "
+            "(set the λ multiplier to 1 for those)"
+        )
+    return (
+        f"**Attention at EM iteration {steps} of {steps}** ({lam}): mean responsibility "
+        f"entropy **{stats.entropy:.3f} × ln K** (1 = uniform over the {bases} bases) — "
+        f"{verdict}; mean largest responsibility {stats.max_responsibility:.3f} "
+        f"(uniform: {1 / bases:.3f}); {stats.active_bases} of {bases} bases are the most "
+        "responsible base of ≥ 2 % of the pixels."
+    )
+
+
 def summary(session: Session, random_weights: bool = False) -> str:
-    """One line about the run (sizes, iterations, model time)."""
+    """Markdown about the run: its measured attention, then sizes, iterations, model time."""
     p = session.prediction
     text = (
         f"{p.image.width}×{p.image.height} image, model input {p.input_size[1]}×"
@@ -292,7 +384,7 @@ def summary(session: Session, random_weights: bool = False) -> str:
     )
     if random_weights:
         text += " — **random weights: the segmentation is meaningless**"
-    return text
+    return f"{attention_summary(session)}\n\n{text}"
 
 
 class Explorer:
@@ -342,12 +434,21 @@ class Explorer:
         preset = self.default_model if self.default_model in MODEL_ZOO else SMALL_PRESET
         return get_preset(preset).num_bases
 
-    def segment(self, image, model, iterations, max_size, opacity, uploaded) -> tuple:
+    def segment(
+        self, image, model, iterations, max_size, opacity, lambda_scale=1.0, uploaded=None
+    ) -> tuple:
         """The ``/segment`` endpoint: image and controls in; overlay PNG path, attention grid
         PNG path, convergence table, class-area table, legend HTML, summary and the new
-        :class:`Session` out."""
+        :class:`Session` out. ``lambda_scale`` multiplies the model's own lambda (a what-if)."""
         session = run_model(
-            self.cache, image, model, uploaded, iterations, max_size, allowed=self.choices
+            self.cache,
+            image,
+            model,
+            uploaded,
+            iterations,
+            max_size,
+            allowed=self.choices,
+            lambda_scale=lambda_scale,
         )
         random_weights = self.random_bundled and session.model == BUNDLED
         # The torch work first: torch's two-thread ops stall while the worker holds a core.
@@ -368,37 +469,3 @@ class Explorer:
             summary(session, random_weights),
             session,
         )
-
-
-def skimage_examples(folder: Path) -> list[tuple[str, str]]:
-    """Real photographs that ship inside scikit-image, saved as PNG: ``[(path, caption)]``.
-
-    They are read from the installed package (no download) once and kept in ``folder``.
-    """
-    try:
-        from PIL import Image
-        from skimage import data
-    except ImportError:
-        return []
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for name in ("astronaut", "coffee", "chelsea", "rocket"):
-        path = folder / f"skimage_{name}.png"
-        try:
-            if not path.exists():
-                tmp = path.with_suffix(".tmp.png")
-                Image.fromarray(getattr(data, name)()).save(tmp)
-                tmp.replace(path)  # atomic: two app processes may share the folder
-        except Exception as error:  # a missing sample must not stop the app
-            log.warning("scikit-image sample %s unavailable: %s", name, error)
-            continue
-        out.append((str(path), f"photo: scikit-image data module, {name}"))
-    return out
-
-
-def toycity_examples(root: str | None, count: int = 3) -> list[tuple[str, str]]:
-    """A few validation images of a synthetic toy city in Cityscapes layout, if there is one."""
-    if not root or not Path(root).is_dir():
-        return []
-    images = sorted(Path(root).glob("leftImg8bit/val/*/*_leftImg8bit.png"))[:count]
-    return [(str(p), f"synthetic toy city (val): {p.name}") for p in images]

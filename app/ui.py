@@ -12,14 +12,17 @@ import gradio as gr
 from emanet.predict import Segmenter
 
 from . import handlers as h
+from .examples import example_images
 
 DESCRIPTION = """\
 # EMANet — segmentation and an EM attention explorer
 
-Drop in an image. EMANet segments it into the 19 Cityscapes classes and, inside its decode head,
-explains every pixel by a few **bases** found by expectation-maximization. The explorer shows,
-for every EM iteration, each base's **responsibility** for each pixel (bright = this base explains
-this pixel) — how the bases settle on the parts of *your* image.
+Drop in an image or pick an example: it is segmented at once. EMANet segments it into the 19
+Cityscapes classes and, inside its decode head, explains every pixel by a few **bases** found by
+expectation-maximization. The explorer shows, for every EM iteration, each base's
+**responsibility** for each pixel (bright = this base explains this pixel) — how the bases settle
+on the parts of *your* image — and the summary says how decided they are. The bundled model
+knows only a synthetic toy city (the first examples); on photographs it shows what it does.
 """
 
 
@@ -39,9 +42,10 @@ def build_demo(
         segmenter_factory, preload, default_model, device, precision: make the app's
             :class:`app.handlers.Explorer` (see there). Tests pass a random-weights model as
             the factory.
-        toycity_root: a synthetic toy city whose val images become examples (default: the
-            ``EMANET_TOYCITY`` environment variable; none if unset).
-        examples_dir: where the scikit-image example photographs are written as PNG.
+        toycity_root: a generated toy city whose val images become examples too (default:
+            the ``EMANET_TOYCITY`` environment variable; none if unset).
+        examples_dir: where the example toy-city scenes and photographs are written as PNG
+            (once; later starts reuse them).
         explorer: an Explorer made already (instead of the arguments above that make one),
             e.g. one whose ``segment`` a benchmark replaced.
     """
@@ -50,9 +54,8 @@ def build_demo(
     elif (segmenter_factory, default_model, device, precision) != (None,) * 4 or preload:
         raise ValueError("give either an explorer or the arguments to make one, not both")
     png = explorer.png
-    examples = h.toycity_examples(toycity_root or os.environ.get("EMANET_TOYCITY"))
     examples_dir = Path(examples_dir or Path(tempfile.gettempdir()) / "emanet-app-examples")
-    examples += h.skimage_examples(examples_dir)
+    examples = example_images(examples_dir, toycity_root or os.environ.get("EMANET_TOYCITY"))
 
     # delete_cache: Gradio keeps a copy of every output file (~0.8 MB a request); copies older
     # than an hour go, hourly, so a long-running server does not fill its disk.
@@ -108,6 +111,20 @@ def build_demo(
                 )
                 opacity = gr.Slider(
                     0.0, 1.0, value=h.DEFAULTS["opacity"], step=0.05, label="overlay opacity"
+                )
+                lambda_scale = gr.Number(
+                    value=h.DEFAULTS["lambda_scale"],
+                    minimum=h.MIN_LAMBDA_SCALE,
+                    maximum=h.MAX_LAMBDA_SCALE,
+                    step=0.1,
+                    label=f"{h.LAMBDA_SCALE_NAME}: 1× = the model's own λ",
+                    info=(
+                        "What-if: the E-step softmax(λ·xᵀμ) with λ times this "
+                        f"({h.MIN_LAMBDA_SCALE:g}–{h.MAX_LAMBDA_SCALE:g}); above 1 the "
+                        "pixels pick their bases more sharply, below 1 they spread. The summary "
+                        "gives the λ used; press Segment to re-run."
+                    ),
+                    elem_id="lambda-scale",
                 )
                 button = gr.Button("Segment", variant="primary", elem_id="segment")
                 if examples:
@@ -167,7 +184,11 @@ def build_demo(
                     x="iteration",
                     y="value",
                     color="measure",
-                    label="EM convergence: how far the bases move, how decided the pixels are",
+                    label=(
+                        "EM convergence: base shift = mean 1 − cos(μ_t, μ_t−1) (how far the bases "
+                        "move); entropy / ln K (1 = uniform) and max responsibility (1 = every "
+                        "pixel owned by one base), means over the pixels"
+                    ),
                     x_title="EM iteration t",
                     y_title="value",
                     elem_id="convergence",
@@ -180,9 +201,10 @@ def build_demo(
                 )
 
         def details(session):
-            """After a run: fit the sliders to it and draw the slower, secondary views."""
+            """After a run: fit the sliders to it and draw the slower, secondary views (none
+            after the image was cleared)."""
             if session is None:
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                return gr.skip(), gr.skip(), None, None
             steps = session.prediction.trace.num_iterations
             first = int(session.order[0])
             return (
@@ -206,21 +228,32 @@ def build_demo(
                 return gr.skip(), gr.skip()
             return gr.update(value=chosen), png(h.single_base(session, chosen), "base")
 
+        def auto_segment(image, *controls):
+            """A new image (uploaded, pasted, captured or an example): segment it; a cleared
+            image clears the views, so they always show the image on the left."""
+            if image is None:
+                return None, None, None, None, "", "", None
+            return explorer.segment(image, *controls)
+
         # preprocess=False: the image arrives as Gradio's payload (its upload path, checked to
-        # be in the upload folder) and our loader decodes it; every control is validated in
-        # h.run_model, which also refuses model names that the dropdown does not offer.
-        button.click(
-            explorer.segment,
-            inputs=[image, model, iterations, max_size, opacity, uploaded_path],
-            outputs=[overlay, grid, curves, table, legend, info, state],
-            api_name="segment",
-            preprocess=False,
-        ).then(
-            details,
-            inputs=[state],
-            outputs=[step, base, base_strip, heatmap],
-            api_visibility="private",
-        )
+        # be in the upload folder, and its original name) and our loader decodes it; every
+        # control is validated in h.run_model, which also refuses model names that the
+        # dropdown does not offer.
+        run = {
+            "inputs": [image, model, iterations, max_size, opacity, lambda_scale, uploaded_path],
+            "outputs": [overlay, grid, curves, table, legend, info, state],
+            "preprocess": False,
+        }
+        then_details = {
+            "fn": details,
+            "inputs": [state],
+            "outputs": [step, base, base_strip, heatmap],
+            "api_visibility": "private",
+        }
+        button.click(explorer.segment, api_name="segment", **run).then(**then_details)
+        # .change, and only it, fires once for every new image: an upload, a paste, a webcam
+        # capture, an example click (which fires no .upload) and a clear.
+        image.change(auto_segment, api_visibility="private", **run).then(**then_details)
         uploaded.upload(
             lambda f: (f, gr.update(value=h.UPLOADED)),
             inputs=[uploaded],

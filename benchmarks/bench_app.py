@@ -69,7 +69,7 @@ def rest_segment(http: httpx.Client, api: str, path: str) -> list:
         upload = http.post(f"{api}/upload", files={"files": (os.path.basename(path), f)})
     upload.raise_for_status()
     image = {"path": upload.json()[0], "meta": {"_type": "gradio.FileData"}}
-    inputs = [image, BUNDLED, DEFAULTS["iterations"], DEFAULTS["max_size"], DEFAULTS["opacity"]]
+    inputs = [image, BUNDLED, *DEFAULTS.values()]
     call = http.post(f"{api}/call/segment", json={"data": inputs})
     call.raise_for_status()
     event, outputs = None, None
@@ -98,7 +98,9 @@ class IdealExplorer(Explorer):
         super().__init__(**kwargs)
         self.answer, self.seconds, self.folder = answer, seconds, folder
 
-    def segment(self, image, model, iterations, max_size, opacity, uploaded) -> tuple:
+    def segment(
+        self, image, model, iterations, max_size, opacity, lambda_scale=1.0, uploaded=None
+    ) -> tuple:
         time.sleep(self.seconds)
         fresh = []
         for value in self.answer[:2]:
