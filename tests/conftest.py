@@ -55,3 +55,28 @@ def run_gloo():
         mp.spawn(_gloo_worker, args=(world, _free_port(), fn, args), nprocs=world, join=True)
 
     return run
+
+
+@pytest.fixture
+def train_interrupted(monkeypatch):
+    """``train_interrupted(config)``: :func:`emanet.train.train` on ``config`` stopped by a
+    simulated crash (``KeyboardInterrupt``) at iteration 2, after its checkpoint there; the caller
+    then resumes the run from ``config.work_dir``."""
+    from emanet import train as train_module
+
+    real = train_module.poly_lr
+
+    def crash_at_2(iteration, cfg):
+        if iteration == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real(iteration, cfg)
+
+    def run(config) -> None:
+        monkeypatch.setattr(train_module, "poly_lr", crash_at_2)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                train_module.train(config, progress=False)
+        finally:
+            monkeypatch.setattr(train_module, "poly_lr", real)
+
+    return run

@@ -101,9 +101,7 @@ def test_train_20_iterations_with_default_arguments(city, tmp_path):
     assert main([*args, "--work-dir", str(tmp_path / "b"), "--iters", "2", "--device", "cuda"]) == 0
 
 
-def test_resume_on_cuda(city, tmp_path, monkeypatch):
-    from emanet import train as train_module
-
+def test_resume_on_cuda(city, tmp_path, train_interrupted):
     def config(work, **kw):
         return TrainConfig(
             preset="emanet_r18-d8_toycity",
@@ -119,17 +117,7 @@ def test_resume_on_cuda(city, tmp_path, monkeypatch):
         )
 
     straight, _ = train(config(tmp_path / "a"), progress=False)
-    real = train_module.poly_lr
-
-    def crash_at_2(iteration, cfg):
-        if iteration == 2:
-            raise KeyboardInterrupt("simulated crash")
-        return real(iteration, cfg)
-
-    monkeypatch.setattr(train_module, "poly_lr", crash_at_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(config(tmp_path / "b"), progress=False)
-    monkeypatch.setattr(train_module, "poly_lr", real)
+    train_interrupted(config(tmp_path / "b"))
     assert torch.load(tmp_path / "b" / "latest.pth", weights_only=True)["iteration"] == 2
     resumed, _ = train(config(tmp_path / "b", resume=True), progress=False)
     # CUDA's backward kernels add with atomics: equal up to their rounding, not bit for bit.

@@ -4,7 +4,6 @@ import os
 import pytest
 import torch
 
-from emanet import train as train_module
 from emanet.backbone import ResNetV1c
 from emanet.checkpoint import read_checkpoint
 from emanet.cli import main as cli_main
@@ -72,22 +71,13 @@ def test_train_writes_checkpoints_metrics_and_model(city, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1])
-def test_interrupted_then_resumed_run_equals_uninterrupted(city, tmp_path, monkeypatch, workers):
+def test_interrupted_then_resumed_run_equals_uninterrupted(
+    city, tmp_path, train_interrupted, workers
+):
     straight, _ = train(config(city, tmp_path / "a", num_workers=workers), progress=False)
-
-    real = train_module.poly_lr
-
-    def crash_at_2(iteration, cfg):
-        if iteration == 2:
-            raise KeyboardInterrupt("simulated crash")
-        return real(iteration, cfg)
-
-    monkeypatch.setattr(train_module, "poly_lr", crash_at_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(config(city, tmp_path / "b", num_workers=workers), progress=False)
+    train_interrupted(config(city, tmp_path / "b", num_workers=workers))
     state = torch.load(tmp_path / "b" / "latest.pth", weights_only=True)
     assert state["iteration"] == 2
-    monkeypatch.setattr(train_module, "poly_lr", real)
     resumed, _ = train(
         config(city, tmp_path / "b", resume=True, num_workers=workers), progress=False
     )
