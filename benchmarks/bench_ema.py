@@ -8,9 +8,11 @@ and print ratios:
     einsum ratio = einsum time / unit time    (target >= 1.00)
 
 On CUDA it also times the unit with TF32 matmuls (what bf16/fp16 runs use, see
-emanet/precision.py) and compiled with torch.compile, and reports each variant's error relative to
-a float64 run of the same maths: max |variant - float64| / max |float64| (target <= 1e-3). The
-R-50 head at 2048x1024 is ``--batch 2 --height 128 --width 256`` (issue target: <= 1.5 ms).
+emanet/precision.py; the unit then splits its operands into TF32-exact parts, see emanet/ema.py),
+the same with plain unsplit TF32 products (``em_iterations(split=False)``, the lever's baseline),
+and compiled with torch.compile, and reports each variant's error relative to a float64 run of
+the same maths: max |variant - float64| / max |float64| (target <= 1e-3). The R-50 head at
+2048x1024 is ``--batch 2 --height 128 --width 256`` (issue target: <= 1.5 ms).
 
 Usage: python benchmarks/bench_ema.py [--device cuda] [--batch 2 --channels 512 ...]
 """
@@ -24,11 +26,19 @@ import torch.nn.functional as F
 from timing import median_time
 
 from emanet import EMAttention, EMTrace
+from emanet.ema import em_iterations, reconstruct
 from emanet.precision import tf32_matmuls
 
 
 def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:
     return ((result.double() - reference).abs().max() / reference.abs().max()).item()
+
+
+def unsplit_em(x, bases, steps):
+    """The unit's maths with one plain bmm per product (no TF32 split): ``(B, C, H, W)``."""
+    b, c, h, w = x.shape
+    mu, z = em_iterations(x.view(b, c, h * w), bases.expand(b, -1, -1), steps)
+    return reconstruct(mu, z).view(b, c, h, w)
 
 
 def einsum_em(x, bases, steps):
@@ -102,7 +112,8 @@ def main() -> None:
         unit.float()
         variants = {"strict fp32": (unit, False)}
         if device.type == "cuda":
-            variants["tf32"] = (unit, True)
+            variants["tf32 (split)"] = (unit, True)
+            variants["tf32 unsplit"] = (lambda v: unsplit_em(v, unit.bases, t), True)
             compiled = torch.compile(unit)
             variants["compiled fp32"] = (compiled, False)
             variants["compiled tf32"] = (compiled, True)

@@ -32,6 +32,17 @@ is cast back to the input's dtype: the softmax and the normalisations need float
 responsibilities normalised over ``N`` pixels sit near fp16's smallest normal), and the unit is a
 small share of the model's FLOPs.
 
+Where CUDA float32 matmuls may use TF32 (bf16/fp16 runs, see :mod:`emanet.precision`), TF32's
+10-bit mantissa alone moves the output by ~1e-3 of its largest value (1.27e-3 on an H200 at the
+R-50 head's size): the softmax turns absolute logit errors into relative errors of the
+responsibilities, and the M-step feeds them back. So every product is computed from *split*
+operands ``a = hi + lo`` (``hi`` exact in TF32, ``lo`` the remainder) as
+``a_hi b_hi + a_hi b_lo + a_lo b_hi`` ("3xTF32"), accurate to ~float32. The extra work falls on
+the narrow operands: the features are read once per product against ``[b_hi, b_lo]`` (``2K``
+columns instead of ``K``), and bf16/fp16 features are exact in TF32, so their ``lo`` is zero and
+skipped. An emulation of TF32 on the CPU (``tests/test_ema.py``) gives 1.27e-3 for plain TF32
+products and 1.0e-6 for split ones at that size.
+
 This module follows mmsegmentation's ``EMAModule`` numerically; it is written with ``bmm`` on
 contiguous layouts instead of ``einsum`` because on CPU that is the fastest way to reach the
 matmul floor (see ``benchmarks/bench_ema.py``).
@@ -48,7 +59,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["EMAttention", "EMTrace", "em_iterations"]
+__all__ = ["EMAttention", "EMTrace", "em_iterations", "reconstruct", "split_tf32", "uses_tf32"]
 
 
 @dataclass
@@ -71,6 +82,57 @@ class EMTrace:
         return len(self.responsibilities)
 
 
+#: Clears the 13 low mantissa bits of a float32 (as an int32): what remains is exact in TF32.
+_TF32_MASK = -(1 << 13)
+
+
+def split_tf32(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a`` (float32) as ``hi + lo``, exactly: ``hi`` keeps the sign, exponent and 10 leading
+    mantissa bits (representable in TF32, so a TF32 matmul reads it unchanged) and ``lo = a - hi``
+    the rest (at most ``2**-10 |a|``)."""
+    hi = (a.view(torch.int32) & _TF32_MASK).view(torch.float32)
+    return hi, a - hi
+
+
+def uses_tf32(x: torch.Tensor) -> bool:
+    """Whether float32 matmuls on ``x``'s device may run in TF32 (CUDA with TF32 allowed)."""
+    return x.is_cuda and torch.backends.cuda.matmul.allow_tf32
+
+
+def _bmm_split(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` (``(B, M, K) @ (B, K, P)``) to ~float32 accuracy from TF32 products:
+    ``a_hi b_hi + a_hi b_lo + a_lo b_hi`` as one product over a tripled inner dimension (cheap
+    for the unit's ``K = 64``; the output is written once)."""
+    a_hi, a_lo = split_tf32(a)
+    b_hi, b_lo = split_tf32(b)
+    return torch.bmm(torch.cat([a_hi, a_hi, a_lo], dim=2), torch.cat([b_hi, b_lo, b_hi], dim=1))
+
+
+def _bmm_split_right(
+    a: torch.Tensor, a_lo: torch.Tensor | None, b: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(a + a_lo) @ b`` (``(B, M, P) @ (B, P, K)``, ``a`` exact in TF32) to ~float32 accuracy
+    from TF32 products, for a large ``a`` (the features) and a narrow ``b``: ``a`` is read once
+    against ``[b_hi, b_lo]`` (``2K`` columns), plus ``a_lo b_hi`` where ``a_lo`` is given."""
+    num_cols = b.shape[2]
+    b_hi, b_lo = split_tf32(b)
+    both = torch.bmm(a, torch.cat([b_hi, b_lo], dim=2))
+    out = torch.add(both[..., :num_cols], both[..., num_cols:], out=out)
+    if a_lo is not None:
+        out.add_(torch.bmm(a_lo, b_hi))
+    return out
+
+
+def reconstruct(
+    bases: torch.Tensor, resp: torch.Tensor, split: bool = False, pixels_first: bool = False
+) -> torch.Tensor:
+    """The unit's output ``mu Z^T`` ``(B, C, N)`` from ``bases`` ``(B, C, K)`` and ``resp``
+    ``(B, N, K)``; with ``pixels_first``, its transpose ``Z mu^T`` ``(B, N, C)`` (contiguous, for
+    channels_last). ``split``: from split TF32 products (see the module docstring)."""
+    a, b = (resp, bases.transpose(1, 2)) if pixels_first else (bases, resp.transpose(1, 2))
+    return _bmm_split(a, b) if split else torch.bmm(a, b)
+
+
 def em_iterations(
     feats: torch.Tensor,
     bases: torch.Tensor,
@@ -78,6 +140,8 @@ def em_iterations(
     trace: EMTrace | None = None,
     spatial_size: tuple[int, int] | None = None,
     inverse_temperature: float = 1.0,
+    split: bool = False,
+    feats_exact_in_tf32: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``num_iterations`` E/M steps (the caller decides about gradients).
 
@@ -90,6 +154,10 @@ def em_iterations(
         spatial_size: ``(H, W)`` with ``H * W == N``, used to shape the traced maps.
         inverse_temperature: ``lambda`` of the E-step ``softmax(lambda * X^T mu)``; at 1.0 no
             multiplication happens at all (mmsegmentation's unit, bit for bit).
+        split: compute the E- and M-step products from split TF32 operands (float32 ``feats``;
+            see the module docstring). Off, every product is one plain ``bmm``.
+        feats_exact_in_tf32: with ``split``, the features are known to be exact in TF32 (they
+            were bf16/fp16), so their low part is zero and skipped.
 
     Returns:
         ``(bases, responsibilities)``: the final bases ``(B, C, K)`` and the final E-step's
@@ -97,21 +165,31 @@ def em_iterations(
     """
     if num_iterations < 1:
         raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+    feats_lo = None
+    if split and not feats_exact_in_tf32:
+        feats, feats_lo = split_tf32(feats)
     feats_t = feats.transpose(1, 2)
+    feats_lo_t = None if feats_lo is None else feats_lo.transpose(1, 2)
     batch, channels, num_pixels = feats.shape
     # One buffer for every E-step, softmax in place: large fresh allocations cost page faults
     # on CPU that are a visible share of this unit's time.
     resp = feats.new_empty(batch, num_pixels, bases.shape[2])
     for _ in range(num_iterations):
         # E-step: (B, N, C) @ (B, C, K) -> (B, N, K), softmax over the bases.
-        torch.bmm(feats_t, bases, out=resp)
+        if split:
+            _bmm_split_right(feats_t, feats_lo_t, bases, out=resp)
+        else:
+            torch.bmm(feats_t, bases, out=resp)
         if inverse_temperature != 1.0:
             resp.mul_(inverse_temperature)
         torch.softmax(resp, dim=2, out=resp)
         # M-step: (B, C, N) @ (B, N, K) -> (B, C, K). mmsegmentation first divides each column
         # of ``resp`` by its sum over pixels; that per-base scale is undone by the L2
         # normalisation right after, so we skip it (same result up to float rounding).
-        bases = F.normalize(torch.bmm(feats, resp), dim=1)
+        if split:
+            bases = F.normalize(_bmm_split_right(feats, feats_lo, resp), dim=1)
+        else:
+            bases = F.normalize(torch.bmm(feats, resp), dim=1)
         if trace is not None:
             height, width = spatial_size
             trace.responsibilities.append(
@@ -217,17 +295,24 @@ class EMAttention(nn.Module):
             bases = self.bases.to(work_dtype).expand(batch, -1, -1)
             if trace is not None:
                 trace.initial_bases = bases.clone()
+            # TF32 products would cost ~1e-3 of accuracy: split them (see the module docstring).
+            split = work_dtype == torch.float32 and uses_tf32(feats)
             bases, resp = em_iterations(
-                feats, bases, steps, trace, (height, width), float(inverse_temperature)
+                feats,
+                bases,
+                steps,
+                trace,
+                (height, width),
+                float(inverse_temperature),
+                split=split,
+                # bf16/fp16 values are exact in TF32 (unless centring computed new ones).
+                feats_exact_in_tf32=x.dtype != work_dtype and not self.centered_cosine,
             )
             if self.training:
                 self._update_bases(bases)
-            if channels_last:
-                # (B, N, K) @ (B, K, C) -> (B, N, C), returned as a channels_last view.
-                recon = torch.bmm(resp, bases.transpose(1, 2)).to(x.dtype)
+            recon = reconstruct(bases, resp, split, pixels_first=channels_last).to(x.dtype)
+            if channels_last:  # (B, N, C), returned as a channels_last view
                 return recon.view(batch, height, width, channels).permute(0, 3, 1, 2)
-            # (B, C, K) @ (B, K, N) -> (B, C, N)
-            recon = torch.bmm(bases, resp.transpose(1, 2)).to(x.dtype)
             return recon.view(batch, channels, height, width)
 
     def _update_bases(self, bases: torch.Tensor) -> None:

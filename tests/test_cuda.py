@@ -131,3 +131,32 @@ def test_compiled_segmenter_on_cuda_agrees():
     compiled = Segmenter(eager.model, device="cuda", compile=True)
     image = scenes(1)[0]
     assert (compiled(image).labels == eager(image).labels).mean() >= 0.999
+
+
+def test_em_unit_with_tf32_keeps_float32_accuracy():
+    # bf16/fp16 runs allow TF32 for the unit's float32 products; its split operands must keep the
+    # output within 1e-3 of float64 (plain TF32 products gave 1.27e-3 on an H200).
+    from emanet import EMAttention, EMTrace
+    from emanet.precision import tf32_matmuls
+
+    torch.manual_seed(0)
+    unit = EMAttention(512, num_bases=64, num_iterations=3).cuda().eval()
+    x = torch.randn(2, 512, 64, 128, device="cuda")
+
+    def relative_error(result, expected):
+        return ((result.double() - expected).abs().max() / expected.abs().max()).item()
+
+    expected = unit.double()(x.double())
+    unit.float()
+    with tf32_matmuls():
+        error = relative_error(unit(x), expected)
+    assert error < 1e-4, error
+    # bf16 features (a bf16 run's): the unit's float32 bases and responsibilities, traced
+    traced, reference = EMTrace(), EMTrace()
+    unit.double()(x.bfloat16().double(), trace=reference)
+    unit.float()
+    with tf32_matmuls():
+        unit(x.bfloat16(), trace=traced)
+    for name in ("bases", "responsibilities"):
+        result, expected = getattr(traced, name)[-1], getattr(reference, name)[-1]
+        assert relative_error(result, expected) < 1e-4, name
