@@ -30,7 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from bench_loader import cpu_seconds_per_sample, loader_images_per_second, synthetic_city
+from bench_loader import (
+    cpu_seconds_per_sample,
+    loader_images_per_second,
+    png_decoder,
+    synthetic_city,
+)
 from PIL import Image
 
 from emanet import build_model
@@ -139,10 +144,14 @@ def loader_row(workers: int) -> Row:
         with tempfile.TemporaryDirectory() as tmp:
             root = synthetic_city(tmp, images=max(8, 2 * workers))
             per_worker_cpu = 1 / cpu_seconds_per_sample(root)
+            baseline_cpu = 1 / cpu_seconds_per_sample(root, fast_png=False)
             wall = loader_images_per_second(root, workers, batches=4 * workers)
+        with png_decoder(True) as fast:
+            decoder = "imagecodecs" if fast else "torchvision.io"
         row.note = (
             f"{wall:.1f} img/s = {wall / workers:.1f} per worker "
-            f"(CPU time: {per_worker_cpu:.1f} img/s per worker)"
+            f"(CPU time: {per_worker_cpu:.1f} img/s per worker with {decoder}, "
+            f"{baseline_cpu:.1f} with torchvision.io)"
         )
     except Exception as error:
         row.note = f"error: {type(error).__name__}: {str(error).splitlines()[0][:80]}"

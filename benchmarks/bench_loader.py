@@ -1,14 +1,16 @@
 """Training-loader throughput per worker on Cityscapes-size (2048x1024) PNGs.
 
-Runs the trainer's own loader (emanet.train.build_loaders: torchvision.io decoding, the window
-of the random resize only, crop with cat_max_ratio, flip, colour parameters drawn per sample)
+Runs the trainer's own loader (emanet.train.build_loaders: imagecodecs PNG decoding where it is
+installed, else torchvision.io; the window of the random resize only, crop with cat_max_ratio,
+flip, colour parameters drawn per sample)
 at the official R-50-D8 settings (crop 512x1024, random rescale 0.5-2.0 of 2048x1024) on
 synthetic street scenes written as 2048x1024 PNGs (emanet.data.toycity; PNGs of ~3 MB, like
 Cityscapes' ~2.5 MB). Prints
 
     per worker (CPU time)  1 / the CPU seconds one sample costs in a worker's process (one
                            thread, as in a DataLoader worker): what a worker delivers on a core
-                           of its own, whatever else runs on the machine
+                           of its own, whatever else runs on the machine; with imagecodecs and,
+                           in the same run, with torchvision.io decoding (the lever's baseline)
     N workers (wall)       images/s of the DataLoader with N workers, and that / N
 
 and the device half (photometric distortion + normalisation of a batch, TrainTransform.finish)
@@ -20,6 +22,7 @@ Usage: python benchmarks/bench_loader.py [--data ROOT] [--images 8] [--workers 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +30,7 @@ from pathlib import Path
 import torch
 from timing import median_time
 
+from emanet.data import cityscapes
 from emanet.data.toycity import generate_toycity
 from emanet.presets import get_preset
 from emanet.runtime import resolve_device
@@ -59,18 +63,31 @@ def loader_for(root: Path, workers: int, batch_size: int = 2, device: str = "cpu
     return loader, transform
 
 
-def cpu_seconds_per_sample(root: Path, samples: int = 16) -> float:
+@contextlib.contextmanager
+def png_decoder(fast: bool):
+    """The loader's PNG decoding with imagecodecs (``fast``, where installed) or without it."""
+    saved = cityscapes.imagecodecs
+    if not fast:
+        cityscapes.imagecodecs = None  # what a machine without imagecodecs runs
+    try:
+        yield saved is not None and fast
+    finally:
+        cityscapes.imagecodecs = saved
+
+
+def cpu_seconds_per_sample(root: Path, samples: int = 16, fast_png: bool = True) -> float:
     """CPU time of one sample in a worker's configuration (one torch thread, this process)."""
     loader, _ = loader_for(root, workers=0)
     dataset, sampler = loader.dataset, iter(loader.sampler)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what DataLoader sets in every worker
     try:
-        dataset[next(sampler)]  # warm-up: imports, allocator
-        start = time.thread_time()
-        for _ in range(samples):
-            dataset[next(sampler)]
-        return (time.thread_time() - start) / samples
+        with png_decoder(fast_png):
+            dataset[next(sampler)]  # warm-up: imports, allocator
+            start = time.thread_time()
+            for _ in range(samples):
+                dataset[next(sampler)]
+            return (time.thread_time() - start) / samples
     finally:
         torch.set_num_threads(threads)
 
@@ -105,10 +122,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = synthetic_city(args.data or tmp, args.images)
         per_sample = cpu_seconds_per_sample(root)
+        baseline = cpu_seconds_per_sample(root, fast_png=False)
         wall = loader_images_per_second(root, args.workers)
         finish = finish_seconds_per_image(root, device)
     print(f"loader of {PRESET} (crop 512x1024) on 2048x1024 PNGs")
+    with png_decoder(True) as fast:
+        decoder = "imagecodecs" if fast else "torchvision.io (imagecodecs is not installed)"
     print(f"per worker (CPU time)  {1 / per_sample:6.1f} images/s ({per_sample * 1e3:.1f} ms each)")
+    print(f"  PNG decoder          {decoder}")
+    print(f"  torchvision.io       {1 / baseline:6.1f} images/s ({baseline * 1e3:.1f} ms each)")
     per_worker = wall / args.workers
     print(f"{args.workers} workers (wall)  {wall:6.1f} images/s ({per_worker:.1f} per worker)")
     print(f"finish on {device}  {finish * 1e3:6.2f} ms per image (colours + normalisation)")

@@ -5,7 +5,8 @@
 # inference, then bench_gpu.py for what time is left. Runs from a checkout, no install needed.
 #
 # Usage: bash benchmarks/gpu_checks.sh TOYCITY_ROOT OUT_DIR [BENCH_GPU_BUDGET_S]
-# TOYCITY_ROOT holds the toy city's val split (emanet toycity ... as in the README).
+# TOYCITY_ROOT holds the toy city's val split (emanet toycity ... as in the README). Wheels in
+# .gpu/wheels (e.g. `pip download --no-deps imagecodecs -d .gpu/wheels`) are installed first.
 set -uo pipefail
 data=$1
 out=$2
@@ -19,6 +20,15 @@ step() { echo; echo "=== $1 ($(date +%T))"; }
 step "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $py -c "import torch, torchvision; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', torchvision.__version__)"
+
+step "wheels carried in .gpu/wheels (the device has no internet: imagecodecs for the loader)"
+if compgen -G ".gpu/wheels/*.whl" >/dev/null; then
+    site=$(mktemp -d)
+    $py -m pip install -q --no-deps --no-index --target "$site" .gpu/wheels/*.whl \
+        && export PYTHONPATH=$PYTHONPATH:$site
+fi
+$py -c "import imagecodecs; print('imagecodecs', imagecodecs.__version__)" \
+    || echo "no imagecodecs: the loader decodes with torchvision.io"
 
 step "tests/test_cuda.py"
 timeout 240 $py -m pytest -q -p no:cacheprovider tests/test_cuda.py -m "slow or not slow" \

@@ -312,6 +312,59 @@ def test_dataset_broken_files_are_named(handmade):
         ds[0]
 
 
+def test_every_decoder_gives_the_same_values(tmp_path, monkeypatch):
+    # imagecodecs (the loader's fast path), torchvision.io and Pillow: PNG is lossless, so the
+    # three must agree exactly, and formats the fast path does not take must still be read.
+    imagecodecs = pytest.importorskip("imagecodecs")
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    grey = rng.integers(0, 34, (37, 53), dtype=np.uint8)
+    files = {
+        "rgb.png": Image.fromarray(rgb),
+        "rgba.png": Image.fromarray(np.dstack([rgb, grey])),
+        "grey.png": Image.fromarray(grey),
+        "palette.png": Image.fromarray(grey).convert("P"),
+        "grey16.png": Image.fromarray(grey.astype(np.uint16) * 300),
+    }
+    for name, image in files.items():
+        image.save(tmp_path / name)
+    calls = []
+    real_decode = imagecodecs.png_decode
+
+    def counting_decode(data):
+        calls.append(len(data))
+        return real_decode(data)
+
+    monkeypatch.setattr(imagecodecs, "png_decode", counting_decode)
+    results = {}
+    for decoders in ("imagecodecs", "torchvision", "pillow"):
+        if decoders != "imagecodecs":
+            monkeypatch.setattr(cs, "imagecodecs", None)
+        if decoders == "pillow":
+            monkeypatch.setattr(cs, "_TV_DECODERS", False)
+        results[decoders] = {
+            name: (
+                cs._read_rgb(tmp_path / name).numpy(),
+                np.asarray(cs._read_values(tmp_path / name)),
+            )
+            for name in files
+        }
+    assert len(calls) == 2  # the fast path took the 8-bit RGB image and the 8-bit grey map
+    for name, image in files.items():
+        expected_rgb = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+        expected_values = np.asarray(Image.open(tmp_path / name))
+        for decoders, by_name in results.items():
+            found_rgb, found_values = by_name[name]
+            assert np.array_equal(found_rgb, expected_rgb), (decoders, name)
+            assert np.array_equal(found_values, expected_values), (decoders, name)
+    # a damaged PNG is still reported by name, with the fast path in place
+    monkeypatch.setattr(cs, "imagecodecs", imagecodecs)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes((tmp_path / "rgb.png").read_bytes()[:80])
+    with pytest.raises(OSError, match="broken.png"):
+        cs._read_rgb(broken)
+
+
 def test_dataset_rejects_bad_label_maps(tmp_path):
     bad = np.full(LABEL_GRID.shape, 3, np.uint8)
     bad[1, 1] = 40  # not a trainId
