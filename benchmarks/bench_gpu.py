@@ -8,7 +8,8 @@ For each official preset:
   and peak memory;
 * training at the card's crop, batch 2, through the trainer's own ``train_step`` (colours and
   normalisation on the GPU, forward, backward, SGD) in fp32 and bf16, eager and compiled:
-  ms per iteration and peak memory;
+  ms per iteration and peak memory; for the first preset also bf16 channels_last, and bf16
+  channels_last at batch 8 (the one-GPU recipe: 8 images per BatchNorm, as the card's 4x2);
 
 then the trainer's loader on 2048x1024 PNGs: images/s per worker (see bench_loader.py). One table;
 the card's fps and training memory (V100, fp32) sit beside the rows they compare with.
@@ -28,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from bench_loader import (
@@ -107,16 +109,26 @@ def inference(preset: str, device, precision: str, compiled: bool, warmup: int, 
     return timed(lambda: segmenter.infer(x), device, warmup + 2 * compiled, iters)
 
 
-def training(preset_name: str, device, precision: str, compiled: bool, warmup: int, iters: int):
+def training(
+    preset_name: str,
+    device,
+    precision: str,
+    compiled: bool,
+    warmup: int,
+    iters: int,
+    channels_last: bool = False,
+    batch_size: int = 2,
+):
     preset = get_preset(preset_name)
     config = TrainConfig(
         preset=preset_name,
         data_root="",
         work_dir="",
-        batch_size=2,
+        batch_size=batch_size,
         precision=precision,
         compile=compiled,
         pretrained="none",
+        channels_last=channels_last,
     )
     run = Run(rank=0, world=1, device=device, precision=precision)
     model = build_training_model(config, preset, run, resuming=False)
@@ -124,7 +136,7 @@ def training(preset_name: str, device, precision: str, compiled: bool, warmup: i
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
     transform = TrainTransform(crop_size=preset.crop_size, scale=preset.train_scale)
     samples = []
-    for seed in range(2):  # two Cityscapes-size samples drawn as the loader draws them
+    for seed in range(batch_size):  # Cityscapes-size samples drawn as the loader draws them
         torch.manual_seed(seed)
         image = torch.randint(0, 256, (3, 1024, 2048), dtype=torch.uint8)
         label = torch.randint(0, 19, (1024, 2048), dtype=torch.uint8)
@@ -138,8 +150,9 @@ def training(preset_name: str, device, precision: str, compiled: bool, warmup: i
     )
 
 
-def loader_row(workers: int) -> Row:
-    row = Row("loader", "load", f"{workers} workers")
+def loader_row(workers: int) -> tuple[Row, float | None]:
+    """The loader's row, and its images/s per worker (wall clock; ``None`` if it failed)."""
+    row, per_worker = Row("loader", "load", f"{workers} workers"), None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             root = synthetic_city(tmp, images=max(8, 2 * workers))
@@ -153,9 +166,58 @@ def loader_row(workers: int) -> Row:
             f"(CPU time: {per_worker_cpu:.1f} img/s per worker with {decoder}, "
             f"{baseline_cpu:.1f} with torchvision.io)"
         )
+        per_worker = wall / workers
     except Exception as error:
         row.note = f"error: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
-    return row
+    return row, per_worker
+
+
+@dataclass(frozen=True)
+class Job:
+    """One configuration to measure."""
+
+    preset: str
+    task: str
+    precision: str
+    compiled: bool = False
+    channels_last: bool = False
+    batch: int = 2
+
+    @property
+    def setting(self) -> str:
+        words = [self.precision]
+        if self.channels_last:
+            words.append("channels_last")
+        if self.batch != 2:
+            words.append(f"batch {self.batch}")
+        if self.compiled:
+            words.append("compiled")
+        return " ".join(words)
+
+
+def plan(presets: list[str], compile_all: bool = False, no_compile: bool = False) -> list[Job]:
+    """The configurations in the order they are measured: every eager row first, then the
+    compiled ones (R-50's bf16 inference and training, the targets, first): what the budget cuts
+    is the slowest to measure. The first preset alone also trains channels_last (the candidate
+    default for bf16 on GPUs) and at batch 8 (the one-GPU recipe)."""
+    eager, compiled, compiled_later = [], [], []
+    for index, name in enumerate(presets):
+        first = index == 0
+        for precision in ("fp32", "bf16", "fp16"):
+            eager.append(Job(name, "infer", precision))
+        (compiled if first else compiled_later).append(Job(name, "infer", "bf16", compiled=True))
+        for precision in ("bf16", "fp32"):
+            eager.append(Job(name, "train", precision))
+            if compile_all or first:
+                later = not first or precision == "fp32"
+                job = Job(name, "train", precision, compiled=True)
+                (compiled_later if later else compiled).append(job)
+        if first:
+            eager.append(Job(name, "train", "bf16", channels_last=True))
+            eager.append(Job(name, "train", "bf16", channels_last=True, batch=8))
+            compiled.append(Job(name, "train", "bf16", compiled=True, channels_last=True))
+            compiled.append(Job(name, "train", "bf16", compiled=True, channels_last=True, batch=8))
+    return eager + ([] if no_compile else compiled + compiled_later)
 
 
 def table(rows: list[Row]) -> str:
@@ -195,7 +257,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="loader workers to time")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--plan", action="store_true", help="list the configurations and stop")
     args = parser.parse_args()
+    jobs = plan(args.presets, compile_all=args.compile_all, no_compile=args.no_compile)
+    if args.plan:
+        for job in jobs:
+            print(f"{job.preset} {job.task} {job.setting}")
+        return
     if not torch.cuda.is_available():
         sys.exit(
             "bench_gpu.py measures CUDA GPUs and this PyTorch sees none "
@@ -205,39 +273,34 @@ def main() -> None:
     device = resolve_device("cuda")
     torch.backends.cudnn.benchmark = True  # as the trainer sets it
     started = time.perf_counter()
-    # Every eager row first, then the compiled ones (R-50 first): what the budget cuts is the
-    # slowest to measure.
-    # Compiled: R-50's bf16 inference and training (the targets) before everything else.
-    eager, compiled, compiled_later = [], [], []
-    for index, name in enumerate(args.presets):
-        for precision in ("fp32", "bf16", "fp16"):
-            eager.append((name, "infer", precision, False))
-        (compiled if index == 0 else compiled_later).append((name, "infer", "bf16", True))
-        for precision in ("bf16", "fp32"):
-            eager.append((name, "train", precision, False))
-            if args.compile_all or index == 0:
-                later = index > 0 or precision == "fp32"
-                (compiled_later if later else compiled).append((name, "train", precision, True))
-    compiled += compiled_later
     rows = []
-    for name, task, precision, compile_ in eager + ([] if args.no_compile else compiled):
-        row = Row(name, task, precision + (" compiled" if compile_ else ""))
+    for job in jobs:
+        row = Row(job.preset, job.task, job.setting)
         rows.append(row)
         if time.perf_counter() - started > args.budget:
             row.note = "skipped (time budget)"
             continue
-        work = inference if task == "infer" else training
-        measure(
-            row,
-            device,
-            lambda w=work, n=name, p=precision, c=compile_: w(
-                n, device, p, c, args.warmup, args.iters
-            ),
+        if job.task == "infer":
+            work = partial(inference, job.preset, device, job.precision, job.compiled)
+        else:
+            work = partial(
+                training,
+                job.preset,
+                device,
+                job.precision,
+                job.compiled,
+                channels_last=job.channels_last,
+                batch_size=job.batch,
+            )
+        measure(row, device, lambda w=work: w(warmup=args.warmup, iters=args.iters))
+        print(
+            f"{time.perf_counter() - started:6.0f} s  {job.preset} {job.task} {row.setting}",
+            flush=True,
         )
-        print(f"{time.perf_counter() - started:6.0f} s  {name} {task} {row.setting}", flush=True)
     order = {name: i for i, name in enumerate(args.presets)}
     rows.sort(key=lambda r: (order[r.preset], r.task))  # stable: settings keep their order
-    rows.append(loader_row(args.workers))
+    loader, per_worker = loader_row(args.workers)
+    rows.append(loader)
     props = torch.cuda.get_device_properties(device)
     print()
     print(
@@ -246,6 +309,15 @@ def main() -> None:
         "setting; training: batch 2 at the card's crop; card: mmsegmentation, V100, fp32"
     )
     print(table(rows))
+    # Does the loader keep up with the one-GPU recipe (batch 8)?
+    for row in rows:
+        if row.task == "train" and "batch 8" in row.setting and row.ms and per_worker:
+            needed = 8 / (row.ms / 1e3)
+            print(
+                f"{row.preset} {row.setting}: {row.ms:.0f} ms a step needs {needed:.0f} "
+                f"images/s = {needed / per_worker:.1f} workers at {per_worker:.1f} each; "
+                f"80k iterations take {80000 * row.ms / 3.6e6:.1f} h"
+            )
 
 
 if __name__ == "__main__":

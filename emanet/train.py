@@ -354,12 +354,22 @@ def train_step(
     with autocast(run.precision, run.device):
         losses = net(images, labels.long())
     loss = losses["loss"]
-    if not torch.isfinite(loss).item():
-        raise TrainingDiverged(f"loss is {loss.item()} at iteration {iteration + 1}")
+    # Reading the loss waits for the GPU. In one process that wait comes after the backward pass
+    # is queued, so the GPU never idles while the CPU launches it; several processes check
+    # first, as a NaN loss would reach every rank's gradients through DDP's all-reduce.
+    if run.world > 1:
+        _check_finite(loss, iteration)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if run.world == 1:
+        _check_finite(loss, iteration)
     optimizer.step()
     return {k: v.detach() for k, v in losses.items()}, lr
+
+
+def _check_finite(loss: torch.Tensor, iteration: int) -> None:
+    if not torch.isfinite(loss).item():
+        raise TrainingDiverged(f"loss is {loss.item()} at iteration {iteration + 1}")
 
 
 def save_state(

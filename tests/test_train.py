@@ -104,6 +104,32 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(city, tmp_path, monkeypat
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_nan_loss_updates_nothing(world):
+    # One process checks the loss after queuing the backward pass, several before it (a NaN
+    # would reach every rank's gradients): either way no weight or momentum changes. (World 2
+    # without a process group: the check's position is what differs, not DDP's wrapper.)
+    from emanet import build_model
+    from emanet.data.transforms import TrainTransform
+    from emanet.train import _TrainStep, train_step
+
+    torch.manual_seed(0)
+    model = build_model("emanet_r18-d8_toycity").train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    cfg = TrainConfig(preset="emanet_r18-d8_toycity", data_root="", work_dir="", iters=10)
+    run = Run(rank=0, world=world, device=torch.device("cpu"), precision="fp32")
+    images = torch.full((2, 3, 32, 48), float("nan"))
+    batch = (images, torch.zeros(2, 32, 48, dtype=torch.uint8), torch.zeros(2, 1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TrainingDiverged, match="iteration 5"):
+        train_step(_TrainStep(model), optimizer, TrainTransform(), batch, 4, cfg, run)
+    assert not optimizer.state  # no momentum buffer was created
+    for key, value in model.state_dict().items():
+        if key.endswith(("running_mean", "running_var", "num_batches_tracked", "bases")):
+            continue  # the forward pass itself updates these, as in any training step
+        assert torch.equal(value, before[key]), key
+
+
 def _ddp_worker(rank, world, city, work_dir, out_dir):
     model, _ = train(config(city, work_dir, iters=3, batch_size=1, device="cpu"), progress=False)
     torch.save(
