@@ -34,7 +34,7 @@ from .data.transforms import preprocess_test_image
 from .ema import EMTrace
 from .fusion import optimize_for_inference
 from .imageio import load_image
-from .precision import autocast, check_precision
+from .precision import PRECISIONS, autocast, check_precision
 from .presets import PRESETS, ModelPreset, get_preset
 from .runtime import announce_compilation, compile_module, resolve_device
 from .segmentor import EMANet, build_model
@@ -122,7 +122,12 @@ class Segmenter:
         self.palette = tuple(tuple(int(v) for v in c) for c in palette)
         self.fast = fast
         self.compile = compile
-        self._net = optimize_for_inference(self.model) if fast else self.model
+        if fast:
+            # Half-precision weights where autocast would cast them at every call (same logits).
+            half = PRECISIONS[self.precision] if self.precision != "fp32" else None
+            self._net = optimize_for_inference(self.model, autocast_dtype=half)
+        else:
+            self._net = self.model
         if compile:
             # Compiled in place: a copy, so that the caller's model stays as it was.
             if self._net is self.model:

@@ -153,3 +153,28 @@ def test_optimized_copy_same_labels():
     assert (a.argmax(1) == b.argmax(1)).float().mean() > 0.999
     # the original keeps its BatchNorms and mmseg key layout
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_weights_give_autocast_logits_bit_for_bit_without_the_casts(dtype):
+    from torch.profiler import profile
+
+    model = randomise_bn(build_model("emanet_r18-d8_toycity")).eval()
+    fast = optimize_for_inference(model)
+    half = optimize_for_inference(model, autocast_dtype=dtype)
+    convs = [m for m in half.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.weight.dtype == dtype for m in convs)
+    assert half.em_unit.bases.dtype == torch.float32
+    img = torch.randn(1, 3, 96, 128).contiguous(memory_format=torch.channels_last)
+
+    def run(net):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype), profile() as prof:
+            logits = net.inference(img)
+        casts = sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+        return logits, casts
+
+    (expected, casts_fast), (logits, casts_half) = run(fast), run(half)
+    assert torch.equal(logits, expected)
+    assert casts_half + len(convs) - 2 <= casts_fast  # (nearly) one cast per convolution less
+    with pytest.raises(ValueError, match="autocast_dtype"):
+        optimize_for_inference(model, autocast_dtype=torch.float64)
