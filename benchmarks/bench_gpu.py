@@ -5,7 +5,8 @@ For each official preset:
 * inference at its test setting (a 2048x1024 image: whole for 512x1024, slide 769x769 windows
   for the 769 presets, test scale 2049x1025), batch 1, through ``Segmenter.infer`` (BatchNorm
   folded, channels_last) in fp32, bf16 and fp16 autocast, and bf16 compiled: ms per image, fps
-  and peak memory;
+  and peak memory; for R-50 and R-101 also bf16 with every 1x1 convolution through cuDNN (the
+  baseline of emanet.fusion.PointwiseConv, which bf16/fp16 segmenters use on CUDA);
 * training at the card's crop, batch 2, through the trainer's own ``train_step`` (colours and
   normalisation on the GPU, forward, backward, SGD) in fp32 and bf16, eager and compiled:
   ms per iteration and peak memory; for the first preset also bf16 channels_last, and bf16
@@ -42,6 +43,8 @@ from PIL import Image
 
 from emanet import build_model
 from emanet.data.transforms import TrainTransform
+from emanet.fusion import optimize_for_inference
+from emanet.precision import PRECISIONS
 from emanet.predict import Segmenter
 from emanet.presets import get_preset
 from emanet.runtime import resolve_device
@@ -99,11 +102,22 @@ def measure(row: Row, device: torch.device, work: Callable[[], float]) -> Row:
     return row
 
 
-def inference(preset: str, device, precision: str, compiled: bool, warmup: int, iters: int):
+def inference(
+    preset: str,
+    device,
+    precision: str,
+    compiled: bool,
+    warmup: int,
+    iters: int,
+    pointwise: bool = True,
+):
     torch.manual_seed(0)
     segmenter = Segmenter(
         build_model(preset).eval(), device=device, precision=precision, compile=compiled
     )
+    if not pointwise:  # the lever's baseline: every 1x1 convolution through cuDNN
+        half = PRECISIONS[precision] if precision != "fp32" else None
+        segmenter._net = optimize_for_inference(segmenter.model, autocast_dtype=half)
     image = torch.randint(0, 256, (1024, 2048, 3), dtype=torch.uint8).numpy()
     x = segmenter.preprocess(Image.fromarray(image))  # the test scale of the preset
     return timed(lambda: segmenter.infer(x), device, warmup + 2 * compiled, iters)
@@ -182,6 +196,7 @@ class Job:
     compiled: bool = False
     channels_last: bool = False
     batch: int = 2
+    pointwise: bool = True  # inference: 1x1 convolutions as products (Segmenter's default)
 
     @property
     def setting(self) -> str:
@@ -190,6 +205,8 @@ class Job:
             words.append("channels_last")
         if self.batch != 2:
             words.append(f"batch {self.batch}")
+        if not self.pointwise:
+            words.append("1x1 as convs")
         if self.compiled:
             words.append("compiled")
         return " ".join(words)
@@ -205,6 +222,8 @@ def plan(presets: list[str], compile_all: bool = False, no_compile: bool = False
         first = index == 0
         for precision in ("fp32", "bf16", "fp16"):
             eager.append(Job(name, "infer", precision))
+        if index < 2:  # the lever of emanet.fusion.PointwiseConv, its baseline
+            eager.append(Job(name, "infer", "bf16", pointwise=False))
         (compiled if first else compiled_later).append(Job(name, "infer", "bf16", compiled=True))
         for precision in ("bf16", "fp32"):
             eager.append(Job(name, "train", precision))
@@ -281,7 +300,14 @@ def main() -> None:
             row.note = "skipped (time budget)"
             continue
         if job.task == "infer":
-            work = partial(inference, job.preset, device, job.precision, job.compiled)
+            work = partial(
+                inference,
+                job.preset,
+                device,
+                job.precision,
+                job.compiled,
+                pointwise=job.pointwise,
+            )
         else:
             work = partial(
                 training,

@@ -94,7 +94,10 @@ class Segmenter:
         classes, palette: class names and colours in trainId order.
         device: where to run (default: CUDA if available, else CPU); ``"cuda"`` is the current
             GPU (see :func:`emanet.runtime.resolve_device`).
-        fast: run an eval copy with BatchNorm folded and channels_last (same labels).
+        fast: run an eval copy with BatchNorm folded and channels_last (same labels); in
+            bf16/fp16 its convolution weights are stored in that dtype, and on CUDA its 1x1
+            convolutions are run as matrix products with fused bias (see
+            :mod:`emanet.fusion`).
         precision: ``"fp32"`` (:data:`DEFAULT_PRECISION`), ``"bf16"`` or ``"fp16"`` autocast
             (see :mod:`emanet.precision`); a precision the device cannot run is a ValueError.
         compile: run the network through ``torch.compile`` (the first call compiles, and says
@@ -123,9 +126,15 @@ class Segmenter:
         self.fast = fast
         self.compile = compile
         if fast:
-            # Half-precision weights where autocast would cast them at every call (same logits).
+            # Half-precision weights where autocast would cast them at every call (same logits);
+            # on CUDA, 1x1 convolutions as products with the bias in cuBLASLt's epilogue (see
+            # emanet.fusion), unless torch.compile fuses the bias passes itself.
             half = PRECISIONS[self.precision] if self.precision != "fp32" else None
-            self._net = optimize_for_inference(self.model, autocast_dtype=half)
+            self._net = optimize_for_inference(
+                self.model,
+                autocast_dtype=half,
+                pointwise_products=half is not None and self.device.type == "cuda" and not compile,
+            )
         else:
             self._net = self.model
         if compile:

@@ -160,3 +160,26 @@ def test_em_unit_with_tf32_keeps_float32_accuracy():
     for name in ("bases", "responsibilities"):
         result, expected = getattr(traced, name)[-1], getattr(reference, name)[-1]
         assert relative_error(result, expected) < 1e-4, name
+
+
+@pytest.mark.parametrize("precision", HALF)
+def test_pointwise_products_on_cuda_agree_with_convolutions(precision):
+    # Half-precision segmenters run 1x1 convolutions as cuBLASLt products with the bias (and
+    # ReLU) in the epilogue: each must give the convolution's values, to half rounding.
+    from emanet.fusion import PointwiseConv
+
+    torch.manual_seed(0)
+    dtype = DTYPES[precision]
+    conv = torch.nn.Conv2d(1024, 256, 1).cuda().to(dtype).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 1024, 64, 128, device="cuda", dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for relu in (False, True):
+            expected = conv(x).float()
+            expected = expected.relu() if relu else expected
+            result = PointwiseConv(conv, relu=relu)(x)
+            assert result.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(result.float(), expected, rtol=2e-2, atol=2e-2)
+    if BUNDLED_CHECKPOINT.exists():  # the segmenter uses them (labels: the precision tests)
+        segmenter = Segmenter.from_pretrained(device="cuda", precision=precision)
+        assert any(isinstance(m, PointwiseConv) for m in segmenter._net.modules())
