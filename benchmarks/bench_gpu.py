@@ -102,15 +102,10 @@ def measure(row: Row, device: torch.device, work: Callable[[], float]) -> Row:
     return row
 
 
-def inference(
-    preset: str,
-    device,
-    precision: str,
-    compiled: bool,
-    warmup: int,
-    iters: int,
-    pointwise: bool = True,
-):
+def inference_step(
+    preset: str, device, precision: str, compiled: bool = False, pointwise: bool = True
+) -> Callable[[], object]:
+    """One ``Segmenter.infer`` of a random 2048x1024 image at the preset's test setting."""
     torch.manual_seed(0)
     segmenter = Segmenter(
         build_model(preset).eval(), device=device, precision=precision, compile=compiled
@@ -120,19 +115,19 @@ def inference(
         segmenter._net = optimize_for_inference(segmenter.model, autocast_dtype=half)
     image = torch.randint(0, 256, (1024, 2048, 3), dtype=torch.uint8).numpy()
     x = segmenter.preprocess(Image.fromarray(image))  # the test scale of the preset
-    return timed(lambda: segmenter.infer(x), device, warmup + 2 * compiled, iters)
+    return lambda: segmenter.infer(x)
 
 
-def training(
+def training_step(
     preset_name: str,
     device,
     precision: str,
-    compiled: bool,
-    warmup: int,
-    iters: int,
+    compiled: bool = False,
     channels_last: bool = False,
     batch_size: int = 2,
-):
+) -> Callable[[], object]:
+    """One iteration of the trainer's ``train_step`` at the card's crop on Cityscapes-size
+    samples drawn as the loader draws them (SGD with momentum, as the recipe)."""
     preset = get_preset(preset_name)
     config = TrainConfig(
         preset=preset_name,
@@ -150,18 +145,25 @@ def training(
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
     transform = TrainTransform(crop_size=preset.crop_size, scale=preset.train_scale)
     samples = []
-    for seed in range(batch_size):  # Cityscapes-size samples drawn as the loader draws them
+    for seed in range(batch_size):
         torch.manual_seed(seed)
         image = torch.randint(0, 256, (3, 1024, 2048), dtype=torch.uint8)
         label = torch.randint(0, 19, (1024, 2048), dtype=torch.uint8)
         samples.append(transform.sample(image, label))
-    batch = tuple(torch.stack(parts).pin_memory() for parts in zip(*samples, strict=True))
-    return timed(
-        lambda: train_step(net, optimizer, transform, batch, 0, config, run),
-        device,
-        warmup + 2 * compiled,
-        iters,
-    )
+    batch = tuple(torch.stack(parts) for parts in zip(*samples, strict=True))
+    if device.type == "cuda":
+        batch = tuple(part.pin_memory() for part in batch)  # as the loader delivers it
+    return lambda: train_step(net, optimizer, transform, batch, 0, config, run)
+
+
+def inference(preset: str, device, precision: str, compiled: bool, warmup: int, iters: int, **kw):
+    step = inference_step(preset, device, precision, compiled, **kw)
+    return timed(step, device, warmup + 2 * compiled, iters)
+
+
+def training(preset: str, device, precision: str, compiled: bool, warmup: int, iters: int, **kw):
+    step = training_step(preset, device, precision, compiled, **kw)
+    return timed(step, device, warmup + 2 * compiled, iters)
 
 
 def loader_row(workers: int) -> tuple[Row, float | None]:

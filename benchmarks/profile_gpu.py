@@ -13,49 +13,10 @@ import argparse
 import sys
 
 import torch
-from PIL import Image
+from bench_gpu import inference_step, training_step
 from torch.profiler import ProfilerActivity, profile
 
-from emanet import build_model
-from emanet.data.transforms import TrainTransform
-from emanet.predict import Segmenter
-from emanet.presets import PRESETS, get_preset
-from emanet.train import Run, TrainConfig, build_training_model, train_step, wrap_for_training
-
-
-def inference_step(preset: str, precision: str, device: torch.device):
-    """One ``Segmenter.infer`` of a random 2048x1024 image, as bench_gpu.py times it."""
-    segmenter = Segmenter(build_model(preset).eval(), device=device, precision=precision)
-    image = torch.randint(0, 256, (1024, 2048, 3), dtype=torch.uint8).numpy()
-    x = segmenter.preprocess(Image.fromarray(image))
-    return lambda: segmenter.infer(x)
-
-
-def training_step(preset_name: str, precision: str, channels_last: bool, device: torch.device):
-    """One ``train_step`` at batch 2 on Cityscapes-size samples, as bench_gpu.py times it."""
-    preset = get_preset(preset_name)
-    config = TrainConfig(
-        preset=preset_name,
-        data_root="",
-        work_dir="",
-        batch_size=2,
-        precision=precision,
-        pretrained="none",
-        channels_last=channels_last,
-    )
-    run = Run(rank=0, world=1, device=device, precision=precision)
-    model = build_training_model(config, preset, run, resuming=False)
-    net = wrap_for_training(model, config, run).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
-    transform = TrainTransform(crop_size=preset.crop_size, scale=preset.train_scale)
-    samples = []
-    for seed in range(2):
-        torch.manual_seed(seed)
-        image = torch.randint(0, 256, (3, 1024, 2048), dtype=torch.uint8)
-        label = torch.randint(0, 19, (1024, 2048), dtype=torch.uint8)
-        samples.append(transform.sample(image, label))
-    batch = tuple(torch.stack(parts) for parts in zip(*samples, strict=True))
-    return lambda: train_step(net, optimizer, transform, batch, 0, config, run)
+from emanet.presets import PRESETS
 
 
 def main() -> None:
@@ -78,9 +39,9 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     if args.train:
-        step = training_step(args.preset, args.precision, args.channels_last, device)
+        step = training_step(args.preset, device, args.precision, channels_last=args.channels_last)
     else:
-        step = inference_step(args.preset, args.precision, device)
+        step = inference_step(args.preset, device, args.precision)
 
     def sync():
         if on_gpu:
