@@ -9,8 +9,10 @@ For each official preset:
   baseline of emanet.fusion.PointwiseConv, which bf16/fp16 segmenters use on CUDA);
 * training at the card's crop, batch 2, through the trainer's own ``train_step`` (colours and
   normalisation on the GPU, forward, backward, SGD) in fp32 and bf16, eager and compiled:
-  ms per iteration and peak memory; for the first preset also bf16 channels_last, and bf16
-  channels_last at batch 8 (the one-GPU recipe: 8 images per BatchNorm, as the card's 4x2);
+  ms per iteration and peak memory; for the first preset also fp32 and bf16 storing the
+  BatchNorm->ReLU outputs (the baseline of emanet.recompute, which eager training uses), bf16
+  channels_last, and bf16 channels_last at batch 8 (the one-GPU recipe: 8 images per BatchNorm,
+  as the card's 4x2);
 
 then the trainer's loader on 2048x1024 PNGs: images/s per worker (see bench_loader.py). One table;
 the card's fps and training memory (V100, fp32) sit beside the rows they compare with.
@@ -125,7 +127,8 @@ def training_step(
     compiled: bool = False,
     channels_last: bool = False,
     batch_size: int = 2,
-) -> Callable[[], object]:
+    recompute_norm_relu: bool = True,
+) -> partial:
     """One iteration of the trainer's ``train_step`` at the card's crop on Cityscapes-size
     samples drawn as the loader draws them (SGD with momentum, as the recipe)."""
     preset = get_preset(preset_name)
@@ -138,6 +141,7 @@ def training_step(
         compile=compiled,
         pretrained="none",
         channels_last=channels_last,
+        recompute_norm_relu=recompute_norm_relu,
     )
     run = Run(rank=0, world=1, device=device, precision=precision)
     model = build_training_model(config, preset, run, resuming=False)
@@ -153,7 +157,8 @@ def training_step(
     batch = tuple(torch.stack(parts) for parts in zip(*samples, strict=True))
     if device.type == "cuda":
         batch = tuple(part.pin_memory() for part in batch)  # as the loader delivers it
-    return lambda: train_step(net, optimizer, transform, batch, 0, config, run)
+    # A partial, so that callers can reach its parts (bench_train_memory counts their bytes).
+    return partial(train_step, net, optimizer, transform, batch, 0, config, run)
 
 
 def inference(preset: str, device, precision: str, compiled: bool, warmup: int, iters: int, **kw):
@@ -199,6 +204,7 @@ class Job:
     channels_last: bool = False
     batch: int = 2
     pointwise: bool = True  # inference: 1x1 convolutions as products (Segmenter's default)
+    recompute: bool = True  # training: BatchNorm->ReLU outputs recomputed (the eager default)
 
     @property
     def setting(self) -> str:
@@ -209,6 +215,8 @@ class Job:
             words.append(f"batch {self.batch}")
         if not self.pointwise:
             words.append("1x1 as convs")
+        if not self.recompute and not self.compiled:
+            words.append("norm-relu stored")
         if self.compiled:
             words.append("compiled")
         return " ".join(words)
@@ -233,7 +241,9 @@ def plan(presets: list[str], compile_all: bool = False, no_compile: bool = False
                 later = not first or precision == "fp32"
                 job = Job(name, "train", precision, compiled=True)
                 (compiled_later if later else compiled).append(job)
-        if first:
+        if first:  # the baseline of emanet.recompute.RecomputeNormReLU
+            eager.append(Job(name, "train", "bf16", recompute=False))
+            eager.append(Job(name, "train", "fp32", recompute=False))
             eager.append(Job(name, "train", "bf16", channels_last=True))
             eager.append(Job(name, "train", "bf16", channels_last=True, batch=8))
             compiled.append(Job(name, "train", "bf16", compiled=True, channels_last=True))
@@ -319,6 +329,7 @@ def main() -> None:
                 job.compiled,
                 channels_last=job.channels_last,
                 batch_size=job.batch,
+                recompute_norm_relu=job.recompute,
             )
         measure(row, device, lambda w=work: w(warmup=args.warmup, iters=args.iters))
         print(

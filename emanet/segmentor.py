@@ -17,6 +17,7 @@ from torch import nn
 from .backbone import ResNetV1c
 from .ema import EMTrace
 from .heads import EMAHead, FCNHead
+from .losses import upsampled_cross_entropy
 from .presets import ModelPreset, get_preset
 
 __all__ = ["EMANet", "build_model", "slide_windows", "AUG_TEST_RATIOS"]
@@ -136,11 +137,10 @@ class EMANet(nn.Module):
         does).
         """
         feats = self.backbone(images)
-        size = labels.shape[-2:]
-        decode = self._resize(self.decode_head(feats[3]), size)
-        aux = self._resize(self.auxiliary_head(feats[2]), size)
-        loss_decode = F.cross_entropy(decode, labels, ignore_index=self.ignore_index)
-        loss_aux = F.cross_entropy(aux, labels, ignore_index=self.ignore_index)
+        decode = self.decode_head(feats[3])
+        aux = self.auxiliary_head(feats[2])
+        loss_decode = upsampled_cross_entropy(decode, labels, self.ignore_index, self.align_corners)
+        loss_aux = upsampled_cross_entropy(aux, labels, self.ignore_index, self.align_corners)
         return {
             "loss_decode": loss_decode,
             "loss_aux": loss_aux,

@@ -40,6 +40,7 @@ from .precision import autocast, check_precision, default_precision
 from .predict import Segmenter
 from .presets import ModelPreset, get_preset
 from .pretrained import load_backbone
+from .recompute import RecomputeNormReLU
 from .runtime import announce_compilation, compile_module, resolve_device, usable_cpus
 from .segmentor import EMANet, build_model
 
@@ -102,6 +103,9 @@ class TrainConfig:
     precision: str | None = None
     channels_last: bool = False
     compile: bool = False
+    # Eager runs recompute BatchNorm -> ReLU outputs in the backward pass instead of storing
+    # them (emanet.recompute); compiled runs leave that choice to the compiler.
+    recompute_norm_relu: bool = True
     snapshot_bases: bool = False
 
 
@@ -227,20 +231,26 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 
 class _TrainStep(nn.Module):
-    """``forward`` = the model's losses: DDP synchronises gradients through ``__call__`` only."""
+    """``forward`` = the model's losses: DDP synchronises gradients through ``__call__`` only.
+    With ``recompute_norm_relu`` the pass stores less for backward (see emanet.recompute)."""
 
-    def __init__(self, model: EMANet) -> None:
+    def __init__(self, model: EMANet, recompute_norm_relu: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.recompute_norm_relu = recompute_norm_relu
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.recompute_norm_relu and self.training and torch.is_grad_enabled():
+            with RecomputeNormReLU(self.model):
+                return self.model.forward_train(images, labels)
         return self.model.forward_train(images, labels)
 
 
 def wrap_for_training(model: EMANet, config: TrainConfig, run: Run) -> nn.Module:
     """What :func:`train_step` calls: ``net(images, labels)`` -> the model's losses, under
-    DistributedDataParallel in a distributed run, compiled with ``config.compile``."""
-    net: nn.Module = _TrainStep(model)
+    DistributedDataParallel in a distributed run, compiled with ``config.compile``, and in an
+    eager run recomputing BatchNorm -> ReLU outputs with ``config.recompute_norm_relu``."""
+    net: nn.Module = _TrainStep(model, config.recompute_norm_relu and not config.compile)
     if run.world > 1:
         device_ids = [run.device.index] if run.device.type == "cuda" else None
         net = DistributedDataParallel(net, device_ids=device_ids)
@@ -661,6 +671,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--compile",
         action="store_true",
         help="torch.compile the training step (the first iterations compile)",
+    )
+    parser.add_argument(
+        "--recompute-norm-relu",
+        action=argparse.BooleanOptionalAction,
+        default=d["recompute_norm_relu"],
+        help="recompute BatchNorm->ReLU outputs in the backward pass instead of storing them "
+        "(less memory, one more elementwise pass; eager runs only; default on)",
     )
     parser.add_argument(
         "--snapshot-bases",

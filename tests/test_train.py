@@ -154,8 +154,10 @@ def test_options_take_their_defaults_from_train_config():
         preset="p", data_root="d", work_dir="w"
     )
     options = ["--pretrained", "none", "--workers", "3", "--scale", "10", "5", "--compile"]
+    options += ["--no-recompute-norm-relu"]
     config = config_from_args(build_parser().parse_args([*required, *options]))
     assert config.pretrained == "none" and config.num_workers == 3 and config.compile
+    assert not config.recompute_norm_relu and TrainConfig("p", "d", "w").recompute_norm_relu
     assert config.train_scale == (10, 5)
 
 
