@@ -50,7 +50,14 @@ from emanet.precision import PRECISIONS
 from emanet.predict import Segmenter
 from emanet.presets import get_preset
 from emanet.runtime import resolve_device
-from emanet.train import Run, TrainConfig, build_training_model, train_step, wrap_for_training
+from emanet.train import (
+    Run,
+    TrainConfig,
+    build_optimizer,
+    build_training_model,
+    train_step,
+    wrap_for_training,
+)
 
 #: The model card (mmsegmentation, 4x V100, fp32): training memory per GPU (GB), inference fps.
 CARD = {
@@ -146,7 +153,7 @@ def training_step(
     run = Run(rank=0, world=1, device=device, precision=precision)
     model = build_training_model(config, preset, run, resuming=False)
     net = wrap_for_training(model, config, run).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    optimizer = build_optimizer(model, config, run)
     transform = TrainTransform(crop_size=preset.crop_size, scale=preset.train_scale)
     samples = []
     for seed in range(batch_size):

@@ -28,6 +28,7 @@ from emanet.presets import get_preset
 from emanet.train import (
     TrainConfig,
     build_loaders,
+    build_optimizer,
     build_training_model,
     setup_run,
     train_step,
@@ -67,9 +68,7 @@ def main() -> None:
         run = setup_run(config)
         model = build_training_model(config, preset, run, resuming=False)
         net = wrap_for_training(model, config, run).train()
-        optimizer = torch.optim.SGD(
-            [p for p in model.parameters() if p.requires_grad], lr=config.lr, momentum=0.9
-        )
+        optimizer = build_optimizer(model, config, run)
         loader, transform, _ = build_loaders(config, preset, run)
         batches = iter(loader)
 

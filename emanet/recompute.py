@@ -48,6 +48,7 @@ class _Recipe:
             and tensor._version == self.version
             and tensor.shape == output.shape
             and tensor.stride() == output.stride()
+            and tensor.storage_offset() == output.storage_offset()
             and tensor.dtype == output.dtype
         )
 

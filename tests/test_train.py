@@ -210,3 +210,19 @@ def test_final_validation_equals_emanet_eval_on_model_pth(city, tmp_path):
     for key in ("aAcc", "mIoU", "mAcc"):
         assert abs(validation[key] - evaluation[key]) <= 1e-9, key
     assert validation["images"] == evaluation["images"] == 2
+
+
+def test_build_optimizer_is_mmsegs_sgd_over_trainable_parameters():
+    from emanet import build_model
+    from emanet.train import build_optimizer
+
+    model = build_model("emanet_r18-d8_toycity")
+    cfg = TrainConfig(preset="emanet_r18-d8_toycity", data_root="", work_dir="", lr=0.02)
+    run = Run(rank=0, world=1, device=torch.device("cpu"), precision="fp32")
+    optimizer = build_optimizer(model, cfg, run)
+    (group,) = optimizer.param_groups
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.02, 0.9, 5e-4)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(trainable) < len(list(model.parameters()))  # the EM bases are not SGD's
+    assert [id(p) for p in group["params"]] == [id(p) for p in trainable]
+    assert not group["fused"]  # the fused kernel is for CUDA (tests/test_cuda.py trains with it)
