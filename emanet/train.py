@@ -433,7 +433,15 @@ def restore_state(path: Path, model: EMANet, optimizer: torch.optim.Optimizer, r
     states, and return the iteration it was saved at."""
     state = torch.load(path, map_location=run.device, weights_only=True)
     model.load_state_dict(state["model"])
+    # How the update runs (the fused kernel on CUDA) is this run's device's choice, not the
+    # saving run's: load_state_dict would bring back the saved flags with the momenta.
+    implementation = [
+        {key: group[key] for key in ("fused", "foreach") if key in group}
+        for group in optimizer.param_groups
+    ]
     optimizer.load_state_dict(state["optimizer"])
+    for group, keys in zip(optimizer.param_groups, implementation, strict=True):
+        group.update(keys)
     rngs = state["rng"]
     _set_rng_state(rngs[run.rank] if run.rank < len(rngs) else rngs[0], run.device)
     start = int(state["iteration"])

@@ -226,3 +226,25 @@ def test_build_optimizer_is_mmsegs_sgd_over_trainable_parameters():
     assert len(trainable) < len(list(model.parameters()))  # the EM bases are not SGD's
     assert [id(p) for p in group["params"]] == [id(p) for p in trainable]
     assert not group["fused"]  # the fused kernel is for CUDA (tests/test_cuda.py trains with it)
+
+
+def test_resuming_keeps_this_devices_optimizer_implementation(tmp_path):
+    # A state saved by a CUDA run (fused SGD) resumed on the CPU runs the CPU's update, with the
+    # saved momenta.
+    from emanet import build_model
+    from emanet.train import build_optimizer, restore_state, save_state
+
+    cfg = TrainConfig(preset="emanet_r18-d8_toycity", data_root="", work_dir="")
+    run = Run(rank=0, world=1, device=torch.device("cpu"), precision="fp32")
+    model = build_model("emanet_r18-d8_toycity")
+    saved = build_optimizer(model, cfg, run)
+    saved.param_groups[0]["fused"] = True  # as build_optimizer makes it on CUDA
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    saved.step()
+    save_state(tmp_path / "latest.pth", model, saved, 7, cfg, run)
+    resumed = build_optimizer(model, cfg, run)
+    assert restore_state(tmp_path / "latest.pth", model, resumed, run) == 7
+    assert not resumed.param_groups[0]["fused"]
+    for p in resumed.param_groups[0]["params"]:
+        assert torch.equal(resumed.state[p]["momentum_buffer"], saved.state[p]["momentum_buffer"])
