@@ -1,17 +1,19 @@
 """The segmentation loss: cross-entropy of logits upsampled to the label size.
 
-mmsegmentation upsamples each head's logits (stride 8) bilinearly to the label's size and takes
-the mean cross-entropy over the pixels that are not ignored. Written as
-``F.cross_entropy(F.interpolate(logits), labels)`` autograd keeps the log-probabilities of every
-label pixel for the backward pass, in float32 under autocast: 80 MB per head at R-50's batch of
-two 512x1024 crops, 160 MB with the auxiliary head, all live at the end of the forward pass,
-where a training step's memory peaks.
+mmsegmentation upsamples each head's logits (stride 8) bilinearly to the label's size, takes the
+cross-entropy of every pixel (zero where the label is ignored) and averages it over all label
+pixels (its ``CrossEntropyLoss`` with ``avg_non_ignore=False``, the setting of every EMANet
+config); ``avg_non_ignore=True`` averages over the counted pixels only, as ``F.cross_entropy``
+does. A batch with no counted pixel has loss 0, not NaN.
 
-:func:`upsampled_cross_entropy` computes the same loss and the same gradient but keeps only the
-low-resolution logits (1/64 of the pixels): the backward pass upsamples them again and forms
-``softmax - one_hot`` in place. Its arithmetic is that of autocast's cross-entropy on every
-device: upsampling in the logits' dtype, softmax in float32, the gradient back in the logits'
-dtype.
+Written as ``F.cross_entropy(F.interpolate(logits), labels)``, autograd keeps the
+log-probabilities of every label pixel for the backward pass, in float32 under autocast: 80 MB
+per head at R-50's batch of two 512x1024 crops, 160 MB with the auxiliary head, all live at the
+end of the forward pass, where a training step's memory peaks. :func:`upsampled_cross_entropy`
+computes the same loss and the same gradient but keeps only the low-resolution logits (1/64 of
+the pixels): the backward pass upsamples them again and forms ``softmax - one_hot`` in place.
+Its arithmetic is that of autocast's cross-entropy on every device: upsampling in the logits'
+dtype, softmax in float32, the gradient back in the logits' dtype.
 """
 
 from __future__ import annotations
@@ -30,20 +32,24 @@ def upsampled_cross_entropy(
     labels: torch.Tensor,
     ignore_index: int = 255,
     align_corners: bool = False,
+    avg_non_ignore: bool = False,
 ) -> torch.Tensor:
-    """Mean cross-entropy over non-ignored pixels of ``logits`` bilinearly resized to ``labels``.
+    """Cross-entropy of ``logits`` bilinearly resized to ``labels``, averaged as mmseg does.
 
     ``logits (B, K, h, w)`` in any float dtype, ``labels (B, H, W)`` int64 class indices (or
-    ``ignore_index``). Equals ``F.cross_entropy(F.interpolate(logits, (H, W), mode="bilinear",
-    align_corners=align_corners).float(), labels, ignore_index=ignore_index)``, value and
-    gradient, while storing only ``logits`` for backward. Returns a float32 scalar.
+    ``ignore_index``). The per-pixel losses of
+    ``F.cross_entropy(F.interpolate(logits, (H, W), mode="bilinear",
+    align_corners=align_corners).float(), labels, ignore_index=ignore_index, reduction="none")``
+    summed and divided by ``B * H * W`` (by the counted pixels with ``avg_non_ignore``; by at
+    least 1), value and gradient, while storing only ``logits`` for backward. Returns a float32
+    scalar.
     """
     if logits.dim() != 4 or labels.dim() != 3 or labels.shape[0] != logits.shape[0]:
         raise ValueError(
             f"expected logits (B, K, h, w) and labels (B, H, W), "
             f"got {tuple(logits.shape)} and {tuple(labels.shape)}"
         )
-    return _UpsampledCrossEntropy.apply(logits, labels, ignore_index, align_corners)
+    return _UpsampledCrossEntropy.apply(logits, labels, ignore_index, align_corners, avg_non_ignore)
 
 
 def _upsample(logits: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
@@ -52,12 +58,18 @@ def _upsample(logits: torch.Tensor, size: Sequence[int], align_corners: bool) ->
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
+def _denominator(labels: torch.Tensor, ignore_index: int, avg_non_ignore: bool):
+    if avg_non_ignore:
+        return (labels != ignore_index).sum().clamp_min(1)  # a tensor: no wait for the GPU
+    return max(labels.numel(), 1)
+
+
 class _UpsampledCrossEntropy(torch.autograd.Function):
     # One image at a time: the full-size temporaries (upsampled logits, float32 probabilities)
     # then exist for one image only, at the moment a training step's memory peaks.
 
     @staticmethod
-    def forward(ctx, logits, labels, ignore_index, align_corners):
+    def forward(ctx, logits, labels, ignore_index, align_corners, avg_non_ignore):
         size = labels.shape[-2:]
         total = logits.new_zeros((), dtype=torch.float32)
         # Autocast would cast the upsampled logits to float32 before the softmax (one more
@@ -69,29 +81,29 @@ class _UpsampledCrossEntropy(torch.autograd.Function):
                 )
                 total += F.nll_loss(log_probs, target, ignore_index=ignore_index, reduction="sum")
         ctx.save_for_backward(logits, labels)
-        ctx.ignore_index = ignore_index
-        ctx.align_corners = align_corners
-        return total / (labels != ignore_index).sum()  # nan without a counted pixel, as mean
+        ctx.options = (ignore_index, align_corners, avg_non_ignore)
+        return total / _denominator(labels, ignore_index, avg_non_ignore)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss):
         logits, labels = ctx.saved_tensors
+        ignore_index, align_corners, avg_non_ignore = ctx.options
         size = labels.shape[-2:]
-        scale = grad_loss / (labels != ctx.ignore_index).sum()
+        scale = grad_loss / _denominator(labels, ignore_index, avg_non_ignore)
         grad_logits = torch.empty_like(logits)
         for image, target, out in zip(
             logits.split(1), labels.split(1), grad_logits.split(1), strict=True
         ):
-            # d loss / d upsampled = (softmax - one_hot) / counted pixels, zero where ignored.
-            grad = F.softmax(_upsample(image, size, ctx.align_corners), 1, dtype=torch.float32)
-            valid = target != ctx.ignore_index
-            weight = valid.unsqueeze(1).to(grad.dtype)
-            grad.scatter_add_(1, target.masked_fill(~valid, 0).unsqueeze(1), -weight)
+            # d loss / d upsampled = (softmax - one_hot) * scale, zero where ignored.
+            grad = F.softmax(_upsample(image, size, align_corners), 1, dtype=torch.float32)
+            counted = target != ignore_index
+            weight = counted.unsqueeze(1).to(grad.dtype)
+            grad.scatter_add_(1, target.masked_fill(~counted, 0).unsqueeze(1), -weight)
             grad = grad.mul_(weight * scale).to(logits.dtype)
             if tuple(image.shape[-2:]) != tuple(size):
                 grad = torch.ops.aten.upsample_bilinear2d_backward(
-                    grad, list(size), list(image.shape), ctx.align_corners, None, None
+                    grad, list(size), list(image.shape), align_corners, None, None
                 )
             out.copy_(grad)
-        return grad_logits, None, None, None
+        return grad_logits, None, None, None, None

@@ -132,9 +132,10 @@ class EMANet(nn.Module):
     def forward_train(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Losses for a batch: ``images (B, 3, H, W)``, ``labels (B, H, W)`` int64 trainIds.
 
-        Returns ``{"loss_decode", "loss_aux", "loss"}`` with ``loss = decode + aux_weight * aux``
-        (each a mean over non-ignored pixels, logits upsampled to the label size first, as mmseg
-        does).
+        Returns ``{"loss_decode", "loss_aux", "loss"}`` with ``loss = decode + aux_weight * aux``,
+        each as mmseg computes it: the cross-entropy of the logits upsampled to the label size,
+        summed over the pixels not ignored and divided by all pixels
+        (:func:`~emanet.losses.upsampled_cross_entropy`).
         """
         feats = self.backbone(images)
         decode = self.decode_head(feats[3])

@@ -8,14 +8,20 @@ from emanet import build_model
 from emanet.losses import upsampled_cross_entropy
 
 
-def reference(logits, labels, ignore_index=255, align_corners=False):
-    """The loss as written before, differentiated by autograd (and autocast where active)."""
+def reference(logits, labels, ignore_index=255, align_corners=False, avg_non_ignore=False):
+    """The loss as mmseg writes it, differentiated by autograd (and autocast where active):
+    per-pixel cross-entropy (0 where ignored), summed, over all pixels or the counted ones."""
     size = labels.shape[-2:]
     if tuple(logits.shape[-2:]) != tuple(size):
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
     # float64 stays float64 (an exact reference); half precision goes to float32 as autocast does
     compute = torch.promote_types(logits.dtype, torch.float32)
-    return F.cross_entropy(logits.to(compute), labels, ignore_index=ignore_index)
+    per_pixel = F.cross_entropy(
+        logits.to(compute), labels, ignore_index=ignore_index, reduction="none"
+    )
+    if avg_non_ignore:
+        return per_pixel.sum() / (labels != ignore_index).sum()
+    return per_pixel.mean()
 
 
 def value_and_grad(loss_fn, logits, labels, **kw):
@@ -40,9 +46,10 @@ def batch(seed=0, size=(24, 40), stride=8, classes=5, channels_last=False):
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("stride", [8, 1])  # upsampled, and already at the label size
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_same_loss_and_gradient_as_autograd(align_corners, stride, channels_last):
+@pytest.mark.parametrize("avg_non_ignore", [False, True])
+def test_same_loss_and_gradient_as_autograd(align_corners, stride, channels_last, avg_non_ignore):
     logits, labels = batch(stride=stride, channels_last=channels_last)
-    kw = dict(ignore_index=255, align_corners=align_corners)
+    kw = dict(ignore_index=255, align_corners=align_corners, avg_non_ignore=avg_non_ignore)
     loss, grad = value_and_grad(upsampled_cross_entropy, logits.float(), labels, **kw)
     expected_loss, expected_grad = value_and_grad(reference, logits, labels, **kw)
     torch.testing.assert_close(loss.double(), expected_loss, rtol=1e-6, atol=0)
@@ -50,15 +57,30 @@ def test_same_loss_and_gradient_as_autograd(align_corners, stride, channels_last
     assert grad.dtype == torch.float32
 
 
-def test_ignored_pixels_get_no_gradient_and_do_not_count():
+def test_ignored_pixels_get_no_gradient_and_count_as_mmseg_counts_them():
     logits, labels = batch(stride=1)
     loss, grad = value_and_grad(upsampled_cross_entropy, logits, labels)
     ignored = (labels == 255).unsqueeze(1).expand_as(grad)
     assert grad[ignored].abs().max() == 0
-    # The mean is over the counted pixels only: mean of -log p(label).
+    # mmseg (avg_non_ignore=False): the sum of -log p(label) over counted pixels / all pixels;
+    # with avg_non_ignore, / counted pixels (F.cross_entropy's mean).
     log_probs = logits.log_softmax(1)
-    picked = log_probs.gather(1, labels.clamp(max=4).unsqueeze(1)).squeeze(1)
-    torch.testing.assert_close(loss.double(), -picked[labels != 255].mean(), rtol=1e-6, atol=0)
+    picked = -log_probs.gather(1, labels.clamp(max=4).unsqueeze(1)).squeeze(1)[labels != 255]
+    torch.testing.assert_close(loss.double(), picked.sum() / labels.numel(), rtol=1e-6, atol=0)
+    counted = upsampled_cross_entropy(logits, labels, avg_non_ignore=True)
+    torch.testing.assert_close(counted.double(), picked.mean(), rtol=1e-6, atol=0)
+    assert 0 < (labels == 255).sum() and loss < counted  # ignored pixels lower the average
+
+
+@pytest.mark.parametrize("avg_non_ignore", [False, True])
+def test_a_batch_with_nothing_to_count_has_loss_zero(avg_non_ignore):
+    # F.cross_entropy's mean gives NaN here, which the trainer would take for divergence.
+    logits, labels = batch()
+    labels = torch.full_like(labels, 255)
+    loss, grad = value_and_grad(
+        upsampled_cross_entropy, logits, labels, avg_non_ignore=avg_non_ignore
+    )
+    assert loss == 0 and torch.count_nonzero(grad) == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
