@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["upsampled_cross_entropy"]
+__all__ = ["resize_logits", "upsampled_cross_entropy"]
 
 
 def upsampled_cross_entropy(
@@ -52,7 +52,8 @@ def upsampled_cross_entropy(
     return _UpsampledCrossEntropy.apply(logits, labels, ignore_index, align_corners, avg_non_ignore)
 
 
-def _upsample(logits: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
+def resize_logits(logits: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
+    """``(B, K, h, w) -> (B, K, *size)`` bilinearly, as mmseg resizes logits (as is if equal)."""
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
@@ -77,7 +78,7 @@ class _UpsampledCrossEntropy(torch.autograd.Function):
         with torch.autocast(logits.device.type, enabled=False):
             for image, target in zip(logits.split(1), labels.split(1), strict=True):
                 log_probs = F.log_softmax(
-                    _upsample(image, size, align_corners), 1, dtype=torch.float32
+                    resize_logits(image, size, align_corners), 1, dtype=torch.float32
                 )
                 total += F.nll_loss(log_probs, target, ignore_index=ignore_index, reduction="sum")
         ctx.save_for_backward(logits, labels)
@@ -96,7 +97,7 @@ class _UpsampledCrossEntropy(torch.autograd.Function):
             logits.split(1), labels.split(1), grad_logits.split(1), strict=True
         ):
             # d loss / d upsampled = (softmax - one_hot) * scale, zero where ignored.
-            grad = F.softmax(_upsample(image, size, align_corners), 1, dtype=torch.float32)
+            grad = F.softmax(resize_logits(image, size, align_corners), 1, dtype=torch.float32)
             counted = target != ignore_index
             weight = counted.unsqueeze(1).to(grad.dtype)
             grad.scatter_add_(1, target.masked_fill(~counted, 0).unsqueeze(1), -weight)

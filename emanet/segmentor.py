@@ -17,7 +17,7 @@ from torch import nn
 from .backbone import ResNetV1c
 from .ema import EMTrace
 from .heads import EMAHead, FCNHead
-from .losses import upsampled_cross_entropy
+from .losses import resize_logits, upsampled_cross_entropy
 from .presets import ModelPreset, get_preset
 
 __all__ = ["EMANet", "build_model", "slide_windows", "AUG_TEST_RATIOS"]
@@ -104,9 +104,7 @@ class EMANet(nn.Module):
         return self.decode_head.ema_module
 
     def _resize(self, logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        if tuple(logits.shape[-2:]) == tuple(size):
-            return logits
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
+        return resize_logits(logits, size, self.align_corners)
 
     def forward(
         self,
