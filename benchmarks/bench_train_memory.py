@@ -6,13 +6,14 @@ creation to its release, and reports the peak of the live bytes: parameters, mom
 everything stored for backward and every temporary. That is what ``torch.cuda.
 max_memory_allocated`` counts on a GPU, less what cuBLAS/cuDNN take for their workspaces and the
 allocator's rounding. Rows: fp32 and bf16, with the BatchNorm->ReLU outputs recomputed
-(emanet.recompute, the eager trainer's default) and stored.
+(emanet.recompute, the eager trainer's default) and stored, in the trainer's channels_last layout
+(--no-channels-last: NCHW; on a CPU both count the same, to the megabyte).
 
 Calibration (R-50-D8 512x1024, commit e10e841): this counted 3.06 GB (bf16) and 5.23 GB (fp32)
 where bench_gpu measured 3.28 and 5.56 GB on an H200, so a GPU adds about 0.2-0.35 GB.
 
 Usage: python benchmarks/bench_train_memory.py [--preset NAME] [--precision bf16 fp32]
-       [--batch-size 2] [--device cpu]
+       [--batch-size 2] [--device cpu] [--no-channels-last]
 """
 
 from __future__ import annotations
@@ -67,10 +68,22 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
-def peak_of_a_step(preset: str, precision: str, recompute: bool, batch_size: int, device):
+def peak_of_a_step(
+    preset: str,
+    precision: str,
+    recompute: bool,
+    batch_size: int,
+    device,
+    channels_last: bool = True,
+):
     """(peak GB, persistent GB, operator at the peak) of the second step of a fresh run."""
     step = training_step(
-        preset, device, precision, batch_size=batch_size, recompute_norm_relu=recompute
+        preset,
+        device,
+        precision,
+        batch_size=batch_size,
+        recompute_norm_relu=recompute,
+        channels_last=channels_last,
     )
     step()  # the momentum buffers exist from the first step on
     net, optimizer, _, batch = step.args[:4]  # train_step(net, optimizer, transform, batch, ...)
@@ -92,16 +105,23 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["bf16", "fp32"])
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the trainer's default layout (--no-channels-last: NCHW)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"{args.preset}, batch {args.batch_size} at the card's crop, on {device}")
+    layout = "channels_last" if args.channels_last else "NCHW"
+    print(f"{args.preset}, batch {args.batch_size} at the card's crop, {layout}, on {device}")
     print("| precision | BatchNorm->ReLU outputs | peak GB | of which persistent | at | s |")
     print("|---|---|---|---|---|---|")
     for precision in args.precision:
         for recompute in (True, False):
             started = time.perf_counter()
             peak, persistent, op = peak_of_a_step(
-                args.preset, precision, recompute, args.batch_size, device
+                args.preset, precision, recompute, args.batch_size, device, args.channels_last
             )
             how = "recomputed" if recompute else "stored"
             print(

@@ -4,7 +4,7 @@ the trainer's ``train_step`` (batch 2 at the preset's crop), and the operators w
 the most GPU memory (what a smaller training peak would have to cut).
 
 Usage: python benchmarks/profile_gpu.py [--preset NAME] [--precision bf16] [--rows 15] [--train]
-       [--channels-last] [--device cuda]   (--device cpu: the same tables for the CPU)
+       [--no-channels-last] [--device cuda]   (--device cpu: the same tables for the CPU)
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--rows", type=int, default=15)
     parser.add_argument("--train", action="store_true", help="profile a training step")
-    parser.add_argument("--channels-last", action="store_true", help="(training) channels_last")
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="(training) channels_last, the trainer's default (--no-channels-last: NCHW)",
+    )
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -61,7 +66,7 @@ def main() -> None:
             step()
         sync()
     what = "train_step, batch 2" if args.train else "inference"
-    layout = " channels_last" if args.channels_last else ""
+    layout = "" if args.channels_last else " NCHW"
     print(f"{args.preset} {args.precision}{layout} {what} on {device}, 5 calls")
     if on_gpu:
         print(f"peak memory {torch.cuda.max_memory_allocated(device) / 1e9:.2f} GB")

@@ -232,4 +232,7 @@ def test_memory_levers_on_cuda_give_the_same_training_step(precision):
     reference = per_pixel.mean()  # mmseg's average: over every label pixel
     (expected,) = torch.autograd.grad(reference, logits)
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=0)
-    torch.testing.assert_close(grad.float(), expected.float(), rtol=2e-2, atol=1e-6)
+    # Both gradients go through CUDA's upsampling backward, which adds in the logits' dtype with
+    # atomics in no fixed order: compared relative to the largest entry, not entry by entry.
+    error = (grad.float() - expected.float()).abs().max() / expected.float().abs().max()
+    assert error < (2e-2 if precision == "bf16" else 1e-5), error

@@ -248,3 +248,38 @@ def test_resuming_keeps_this_devices_optimizer_implementation(tmp_path):
     assert not resumed.param_groups[0]["fused"]
     for p in resumed.param_groups[0]["params"]:
         assert torch.equal(resumed.state[p]["momentum_buffer"], saved.state[p]["momentum_buffer"])
+
+
+def test_channels_last_is_the_default_and_trains_as_nchw_does(city):
+    from emanet.train import build_optimizer, build_training_model, train_step, wrap_for_training
+
+    required = ["--preset", "p", "--data", "d", "--work-dir", "w"]
+    assert TrainConfig("p", "d", "w").channels_last
+    options = build_parser().parse_args([*required, "--no-channels-last"])
+    assert not config_from_args(options).channels_last
+    preset = get_preset("emanet_r18-d8_toycity")
+    run = Run(rank=0, world=1, device=torch.device("cpu"), precision="fp32")
+    batch = None
+    results = {}
+    for channels_last in (True, False):
+        cfg = config(city, "", channels_last=channels_last, pretrained="none", lr=0.05)
+        model = build_training_model(cfg, preset, run, resuming=False)
+        stem = model.backbone.stem[0]
+        assert stem.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        seen = []
+        stem.register_forward_pre_hook(
+            lambda _, args, seen=seen: seen.append(
+                args[0].is_contiguous(memory_format=torch.channels_last)
+            )
+        )
+        if batch is None:
+            loader, transform, _ = build_loaders(cfg, preset, run)
+            batch = next(iter(loader))
+        net, optimizer = wrap_for_training(model, cfg, run), build_optimizer(model, cfg, run)
+        losses, _ = train_step(net, optimizer, transform, batch, 0, cfg, run)
+        assert seen == [channels_last]  # the images reach the network in the run's layout
+        results[channels_last] = (losses["loss"].item(), model.state_dict())
+    (loss, state), (loss_nchw, state_nchw) = results[True], results[False]
+    assert loss == pytest.approx(loss_nchw, rel=1e-5)
+    for key, value in state.items():  # one SGD step: the same weights, to float rounding
+        torch.testing.assert_close(value, state_nchw[key], rtol=1e-4, atol=1e-5, msg=key)
