@@ -50,7 +50,6 @@ matmul floor (see ``benchmarks/bench_ema.py``).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -58,6 +57,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from .precision import autocast_off
 
 __all__ = ["EMAttention", "EMTrace", "em_iterations", "reconstruct", "split_tf32", "uses_tf32"]
 
@@ -284,7 +285,7 @@ class EMAttention(nn.Module):
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4
         # Half inputs are promoted: see the module docstring. float64 stays float64 (tests).
         work_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-        with torch.no_grad(), _autocast_off(x.device.type):
+        with torch.no_grad(), autocast_off(x.device.type):
             if channels_last:
                 feats = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
                 feats = feats.to(work_dtype).transpose(1, 2)
@@ -333,16 +334,3 @@ class EMAttention(nn.Module):
 def _check_inverse_temperature(value: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ValueError(f"inverse_temperature must be a positive number, got {value!r}")
-
-
-#: Device types whose autocast can be switched off. A constant, not
-#: ``torch.amp.is_autocast_available``: torch.compile cannot trace that builtin, and the graph
-#: break it caused left the compiled unit running eagerly.
-_AUTOCAST_DEVICE_TYPES = ("cpu", "cuda", "xpu", "mps", "hpu")
-
-
-def _autocast_off(device_type: str):
-    """A context that disables autocast on ``device_type`` (a no-op where autocast is unknown)."""
-    if device_type in _AUTOCAST_DEVICE_TYPES:
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .precision import autocast_off
+
 __all__ = ["resize_logits", "upsampled_cross_entropy"]
 
 
@@ -75,7 +77,7 @@ class _UpsampledCrossEntropy(torch.autograd.Function):
         total = logits.new_zeros((), dtype=torch.float32)
         # Autocast would cast the upsampled logits to float32 before the softmax (one more
         # full-size copy); the float32 log-softmax of bf16/fp16 input is computed directly.
-        with torch.autocast(logits.device.type, enabled=False):
+        with autocast_off(logits.device.type):
             for image, target in zip(logits.split(1), labels.split(1), strict=True):
                 log_probs = F.log_softmax(
                     resize_logits(image, size, align_corners), 1, dtype=torch.float32

@@ -18,7 +18,14 @@ import contextlib
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast", "check_precision", "default_precision", "tf32_matmuls"]
+__all__ = [
+    "PRECISIONS",
+    "autocast",
+    "autocast_off",
+    "check_precision",
+    "default_precision",
+    "tf32_matmuls",
+]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -61,6 +68,21 @@ def autocast(precision: str, device: torch.device | str):
     if device.type == "cuda":
         stack.enter_context(tf32_matmuls())
     return stack
+
+
+#: Device types whose autocast can be switched off. A constant, not
+#: ``torch.amp.is_autocast_available``: torch.compile cannot trace that builtin, and the graph
+#: break it caused left the compiled EM unit running eagerly.
+_AUTOCAST_DEVICE_TYPES = ("cpu", "cuda", "xpu", "mps", "hpu")
+
+
+def autocast_off(device_type: str):
+    """A context that disables autocast on ``device_type``, for the float32 parts of a
+    mixed-precision model (the EM unit, the loss's softmax); a no-op where autocast does not
+    exist (``torch.autocast("meta")`` raises, and FLOPs are counted on the meta device)."""
+    if device_type in _AUTOCAST_DEVICE_TYPES:
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager

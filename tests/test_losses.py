@@ -147,3 +147,23 @@ def test_compiles_into_one_graph():
     expected_loss, expected_grad = value_and_grad(upsampled_cross_entropy, logits, labels)
     torch.testing.assert_close(loss, expected_loss)
     torch.testing.assert_close(logits.grad, expected_grad / 2.5)  # no upstream factor here
+
+
+def test_a_training_step_runs_on_the_meta_device():
+    # FLOP counters run models on the meta device (shapes only), where torch.autocast refuses
+    # the device type: the loss's float32 section must not ask for it there.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build_model("emanet_r18-d8_toycity").train()
+        images = torch.randn(2, 3, 64, 128)
+        labels = torch.zeros(2, 64, 128, dtype=torch.long)
+    with FlopCounterMode(display=False) as forward:
+        model.forward_train(images, labels)
+    with FlopCounterMode(display=False) as step:
+        loss = model.forward_train(images, labels)["loss"]
+        loss.backward()
+    assert loss.device.type == "meta" and loss.shape == ()
+    # Backward costs twice the forward products (input and weight gradients), less the stem's
+    # input gradient and the EM unit, which has none.
+    assert 2.5 < step.get_total_flops() / forward.get_total_flops() < 3.0
