@@ -15,7 +15,9 @@ For each official preset:
   default), and bf16 at batch 8 (the one-GPU recipe: 8 images per BatchNorm, as the card's 4x2);
 
 then the trainer's loader on 2048x1024 PNGs: images/s per worker (see bench_loader.py). One table;
-the card's fps and training memory (V100, fp32) sit beside the rows they compare with.
+each row also shows the TFLOP/s it achieves on the FLOPs emanet.flops counts (model_cost,
+training_flops), and the card's fps and training memory (V100, fp32) sit beside the rows they
+compare with.
 
 A configuration that fails prints its error in the table and the run goes on; configurations
 left when --budget seconds are spent are listed as skipped. Compiling costs most of the time:
@@ -27,6 +29,7 @@ Usage: python benchmarks/bench_gpu.py [--presets NAME ...] [--budget 330] [--no-
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 import time
@@ -45,6 +48,7 @@ from PIL import Image
 
 from emanet import build_model
 from emanet.data.transforms import TrainTransform
+from emanet.flops import model_cost, training_flops
 from emanet.fusion import optimize_for_inference
 from emanet.precision import PRECISIONS
 from emanet.predict import Segmenter
@@ -75,6 +79,7 @@ class Row:
     setting: str  # "fp32", "bf16 compiled", ...
     ms: float | None = None
     peak_gb: float | None = None
+    flops: int | None = None  # counted FLOPs of one image / iteration (emanet.flops)
     note: str = ""
 
 
@@ -259,14 +264,25 @@ def plan(presets: list[str], compile_all: bool = False, no_compile: bool = False
     return eager + ([] if no_compile else compiled + compiled_later)
 
 
+@functools.cache
+def counted_flops(preset: str, task: str, batch: int) -> int:
+    """FLOPs of one image at the preset's test setting (``task`` "infer"), or of one training
+    iteration at ``batch``, counted on the meta device (emanet.flops; any precision)."""
+    if task == "infer":
+        return model_cost(preset).flops
+    return training_flops(preset, batch_size=batch)
+
+
 def table(rows: list[Row]) -> str:
     lines = [
-        "| preset | task | setting | ms | fps | peak GB | card fps (V100) | card mem GB | note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| preset | task | setting | ms | fps | TFLOP/s | peak GB | card fps (V100) | card mem GB "
+        "| note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         card_mem, card_fps = CARD.get(r.preset, (None, None))
         fps = f"{1e3 / r.ms:.2f}" if r.ms and r.task == "infer" else ""
+        rate = f"{r.flops / r.ms / 1e9:.0f}" if r.ms and r.flops else ""
         lines.append(
             "| "
             + " | ".join(
@@ -276,6 +292,7 @@ def table(rows: list[Row]) -> str:
                     r.setting,
                     f"{r.ms:.1f}" if r.ms is not None else "",
                     fps,
+                    rate,
                     f"{r.peak_gb:.2f}" if r.peak_gb is not None else "",
                     f"{card_fps}" if r.task == "infer" and card_fps else "",
                     f"{card_mem}" if r.task == "train" and card_mem else "",
@@ -314,7 +331,9 @@ def main() -> None:
     started = time.perf_counter()
     rows = []
     for job in jobs:
-        row = Row(job.preset, job.task, job.setting)
+        row = Row(
+            job.preset, job.task, job.setting, flops=counted_flops(job.preset, job.task, job.batch)
+        )
         rows.append(row)
         if time.perf_counter() - started > args.budget:
             row.note = "skipped (time budget)"

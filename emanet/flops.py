@@ -1,8 +1,8 @@
 """What a model costs: parameters and FLOPs at a preset's test setting, the EM unit on its own,
-and what non-local attention would cost in its place.
+what non-local attention would cost in its place, and the FLOPs of a training iteration.
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``, which sees every matrix
-product and convolution the forward pass runs (2 FLOPs per multiply-accumulate; element-wise
+product and convolution a pass runs, backward too (2 FLOPs per multiply-accumulate; element-wise
 work such as BatchNorm, ReLU, softmax and normalisation is not counted, and neither is a bias).
 Models are built and run on the ``meta`` device: shapes only, no memory and no arithmetic, so an
 R-101 at 1025x2049 with eight slide windows is counted in seconds on a laptop.
@@ -34,6 +34,7 @@ __all__ = [
     "format_costs",
     "model_cost",
     "non_local_attention",
+    "training_flops",
 ]
 
 
@@ -170,6 +171,25 @@ def model_cost(
         em_flops=em_flops,
         non_local_flops=non_local,
     )
+
+
+def training_flops(
+    preset: str | ModelPreset, batch_size: int = 2, crop_size: tuple[int, int] | None = None
+) -> int:
+    """FLOPs of one training iteration: ``forward_train`` (both heads and their losses) and its
+    backward pass, on ``batch_size`` crops of ``crop_size`` (default: the preset's, mmseg's
+    training crop), counted on the ``meta`` device. The SGD update (elementwise) is not counted.
+    """
+    preset = get_preset(preset)
+    height, width = crop_size or preset.crop_size
+    with torch.device("meta"):
+        model = build_model(preset).train()
+        images = torch.empty(batch_size, 3, height, width)
+        labels = torch.zeros(batch_size, height, width, dtype=torch.long)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.forward_train(images, labels)["loss"].backward()
+    return int(counter.get_total_flops())
 
 
 def _windows(preset: ModelPreset, height: int, width: int):

@@ -3,10 +3,17 @@
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from emanet import EMAttention, build_model
 from emanet.cli import main
-from emanet.flops import count_flops, format_costs, model_cost, non_local_attention
+from emanet.flops import (
+    count_flops,
+    format_costs,
+    model_cost,
+    non_local_attention,
+    training_flops,
+)
 from emanet.presets import get_preset
 
 
@@ -93,3 +100,17 @@ def test_models_flops_cli(capsys):
     assert float(fields[-3]) == pytest.approx(cost.flops / 1e9, abs=0.05)
     assert float(fields[-2]) == pytest.approx(cost.em_flops / 1e9, abs=0.005)
     assert "non-local" in out and "EM unit" in out
+
+
+def test_training_flops_count_a_real_training_step():
+    preset, crop = "emanet_r18-d8_toycity", (64, 128)
+    flops = training_flops(preset, batch_size=2, crop_size=crop)
+    torch.manual_seed(0)
+    model = build_model(preset).train()  # real tensors on the CPU: the same count as meta's
+    counter = FlopCounterMode(display=False)
+    with counter:
+        images = torch.randn(2, 3, *crop)
+        model.forward_train(images, torch.randint(0, 19, (2, *crop)))["loss"].backward()
+    assert flops == counter.get_total_flops()
+    assert training_flops(preset, batch_size=1, crop_size=crop) * 2 == flops
+    assert training_flops(preset) == training_flops(preset, crop_size=get_preset(preset).crop_size)
