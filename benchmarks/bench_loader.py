@@ -1,8 +1,8 @@
 """Training-loader throughput per worker on Cityscapes-size (2048x1024) PNGs.
 
 Runs the trainer's own loader (emanet.train.build_loaders: imagecodecs PNG decoding where it is
-installed, else torchvision.io; the window of the random resize only, crop with cat_max_ratio,
-flip, colour parameters drawn per sample)
+installed, else torchvision.io; the random resize by torchvision's uint8 kernel, crop with
+cat_max_ratio, flip, colour parameters drawn per sample)
 at the official R-50-D8 settings (crop 512x1024, random rescale 0.5-2.0 of 2048x1024) on
 synthetic street scenes written as 2048x1024 PNGs (emanet.data.toycity; PNGs of ~3 MB, like
 Cityscapes' ~2.5 MB). Prints
