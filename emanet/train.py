@@ -104,7 +104,7 @@ class TrainConfig:
     # NHWC model and images: GPU tensor cores (bf16; TF32 for fp32 convolutions) and oneDNN's
     # CPU kernels convolve NHWC natively; given NCHW, cuDNN transposes around every convolution,
     # forward and backward. R-50 512x1024 batch 2 on 2 CPU cores: 16 % (bf16) and 10 % (fp32)
-    # less time a step than NCHW (README, "Benchmarks").
+    # less time a step than NCHW (README, "Data, training and evaluation").
     channels_last: bool = True
     compile: bool = False
     # Eager runs recompute BatchNorm -> ReLU outputs in the backward pass instead of storing
