@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from emanet.checkpoint import CheckpointError
 from emanet.cli import configure_logging
-from emanet.precision import check_precision
-from emanet.runtime import add_runtime_arguments, resolve_device
+from emanet.io.checkpoint import CheckpointError
+from emanet.runtime.device import add_runtime_arguments, resolve_device
+from emanet.runtime.precision import check_precision
 
 from . import build_demo  # importing the package switches Gradio's analytics off first
 

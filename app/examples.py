@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from emanet.atomicfile import atomic_write
 from emanet.data.toycity import render_scene
+from emanet.io.atomic import atomic_write
 
 __all__ = ["example_images", "photo_examples", "toycity_examples", "toycity_val_examples"]
 

@@ -24,12 +24,12 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from emanet.attention import AttentionStats, trace_stats
-from emanet.checkpoint import BUNDLED_CHECKPOINT, MODEL_ZOO, CheckpointError
-from emanet.imageio import ImageLoadError
+from emanet.io.checkpoint import BUNDLED_CHECKPOINT, MODEL_ZOO, CheckpointError
+from emanet.io.images import ImageLoadError
+from emanet.models.attention import AttentionStats, trace_stats
+from emanet.models.presets import SMALL_PRESET, get_preset
+from emanet.models.segmentor import build_model
 from emanet.predict import Prediction, Segmenter
-from emanet.presets import SMALL_PRESET, get_preset
-from emanet.segmentor import build_model
 from emanet.viz import render
 
 from .png import PngWriter
@@ -125,7 +125,9 @@ class Session:
     seconds: float
     own_lambda: float  # the model's own inverse temperature
     lambda_scale: float = 1.0  # the run's lambda = own_lambda * lambda_scale
-    attention: list[AttentionStats] | None = None  # emanet.attention's measures, per iteration
+    attention: list[AttentionStats] | None = (
+        None  # emanet.models.attention's measures, per iteration
+    )
 
     @property
     def inverse_temperature(self) -> float:
@@ -157,7 +159,7 @@ def _model_key(model: str | None, uploaded: str | None, allowed: list[str]) -> s
 
 def _image_file(image) -> tuple[str, str]:
     """``(path, name)`` of the uploaded file, from a raw ``gr.Image`` payload (the event skips
-    Gradio's preprocessing so that :func:`emanet.imageio.load_image` decodes every file
+    Gradio's preprocessing so that :func:`emanet.io.images.load_image` decodes every file
     itself). ``path`` is Gradio's copy on the server; ``name`` is what the person calls the
     file (the payload's ``orig_name``, else the copy's file name), for messages."""
     if image is None:
@@ -323,7 +325,7 @@ CONVERGENCE_MEASURES = {
 def convergence_table(session: Session) -> pd.DataFrame:
     """Per EM iteration, in long form for ``gr.LinePlot`` (a line a measure): how far the bases
     moved (:func:`emanet.viz.render.convergence`) and how decided the pixels are
-    (:mod:`emanet.attention`'s entropy / ln K and mean largest responsibility)."""
+    (:mod:`emanet.models.attention`'s entropy / ln K and mean largest responsibility)."""
     series = {
         "base_shift": render.convergence(session.prediction.trace)["base_shift"],
         "entropy": [stats.entropy for stats in session.attention],

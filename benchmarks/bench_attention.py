@@ -24,8 +24,8 @@ import argparse
 import numpy as np
 
 from emanet import Segmenter
-from emanet.attention import measure_attention
 from emanet.data.toycity import render_scene
+from emanet.models.attention import measure_attention
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")
 
@@ -77,7 +77,7 @@ def main() -> None:
     dataset = None
     if args.data:
         from emanet.data import CityscapesDataset
-        from emanet.evaluate import evaluate_segmenter
+        from emanet.evaluation.evaluate import evaluate_segmenter
 
         dataset = CityscapesDataset(args.data, "val")
     header = (

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from bench_attention import photos, toycity_scenes
 
 from emanet import Segmenter, build_model
-from emanet.attention import measure_attention
-from emanet.presets import get_preset
+from emanet.models.attention import measure_attention
+from emanet.models.presets import get_preset
 
 
 def mean_pair_cos(feats: torch.Tensor) -> float:

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from timing import median_time
 
 from emanet import EMAttention, EMTrace
-from emanet.ema import em_iterations, reconstruct
-from emanet.precision import tf32_matmuls
+from emanet.models.ema import em_iterations, reconstruct
+from emanet.runtime.precision import tf32_matmuls
 
 
 def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:

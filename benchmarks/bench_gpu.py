@@ -6,16 +6,16 @@ For each official preset:
   for the 769 presets, test scale 2049x1025), batch 1, through ``Segmenter.infer`` (BatchNorm
   folded, channels_last) in fp32, bf16 and fp16 autocast, and bf16 compiled: ms per image, fps
   and peak memory; for R-50 and R-101 also bf16 with every 1x1 convolution through cuDNN (the
-  baseline of emanet.fusion.PointwiseConv, which bf16/fp16 segmenters use on CUDA);
+  baseline of emanet.fast.fusion.PointwiseConv, which bf16/fp16 segmenters use on CUDA);
 * training at the card's crop, batch 2, through the trainer's own ``train_step`` (colours and
   normalisation on the GPU, forward, backward, SGD) in fp32 and bf16, eager and compiled:
   ms per iteration and peak memory, channels_last as the trainer's default; for the first
   preset also fp32 and bf16 storing the BatchNorm->ReLU outputs (the baseline of
-  emanet.recompute, which eager training uses), bf16 NCHW (the baseline of the channels_last
+  emanet.fast.recompute, which eager training uses), bf16 NCHW (the baseline of the channels_last
   default), and bf16 at batch 8 (the one-GPU recipe: 8 images per BatchNorm, as the card's 4x2);
 
 then the trainer's loader on 2048x1024 PNGs: images/s per worker (see bench_loader.py). One table;
-each row also shows the TFLOP/s it achieves on the FLOPs emanet.flops counts (model_cost,
+each row also shows the TFLOP/s it achieves on the FLOPs emanet.deploy.flops counts (model_cost,
 training_flops), and the card's fps and training memory (V100, fp32) sit beside the rows they
 compare with.
 
@@ -48,13 +48,13 @@ from PIL import Image
 
 from emanet import build_model
 from emanet.data.transforms import TrainTransform
-from emanet.flops import model_cost, training_flops
-from emanet.fusion import optimize_for_inference
-from emanet.precision import PRECISIONS
+from emanet.deploy.flops import model_cost, training_flops
+from emanet.fast.fusion import optimize_for_inference
+from emanet.models.presets import get_preset
 from emanet.predict import Segmenter
-from emanet.presets import get_preset
-from emanet.runtime import resolve_device
-from emanet.train import (
+from emanet.runtime.device import resolve_device
+from emanet.runtime.precision import PRECISIONS
+from emanet.training.train import (
     Run,
     TrainConfig,
     build_optimizer,
@@ -79,7 +79,7 @@ class Row:
     setting: str  # "fp32", "bf16 compiled", ...
     ms: float | None = None
     peak_gb: float | None = None
-    flops: int | None = None  # counted FLOPs of one image / iteration (emanet.flops)
+    flops: int | None = None  # counted FLOPs of one image / iteration (emanet.deploy.flops)
     note: str = ""
 
 
@@ -246,7 +246,7 @@ def plan(presets: list[str], compile_all: bool = False, no_compile: bool = False
         first = index == 0
         for precision in ("fp32", "bf16", "fp16"):
             eager.append(Job(name, "infer", precision))
-        if index < 2:  # R-50 and R-101: the lever of emanet.fusion.PointwiseConv, its baseline
+        if index < 2:  # R-50 and R-101: the lever of emanet.fast.fusion.PointwiseConv, its baseline
             eager.append(Job(name, "infer", "bf16", pointwise=False))
         (compiled if first else compiled_later).append(Job(name, "infer", "bf16", compiled=True))
         for precision in ("bf16", "fp32"):
@@ -255,7 +255,7 @@ def plan(presets: list[str], compile_all: bool = False, no_compile: bool = False
                 later = not first or precision == "fp32"
                 job = Job(name, "train", precision, compiled=True)
                 (compiled_later if later else compiled).append(job)
-        if first:  # the baseline of emanet.recompute.RecomputeNormReLU
+        if first:  # the baseline of emanet.fast.recompute.RecomputeNormReLU
             eager.append(Job(name, "train", "bf16", recompute=False))
             eager.append(Job(name, "train", "fp32", recompute=False))
             eager.append(Job(name, "train", "bf16", channels_last=False))
@@ -267,7 +267,7 @@ def plan(presets: list[str], compile_all: bool = False, no_compile: bool = False
 @functools.cache
 def counted_flops(preset: str, task: str, batch: int) -> int:
     """FLOPs of one image at the preset's test setting (``task`` "infer"), or of one training
-    iteration at ``batch``, counted on the meta device (emanet.flops; any precision)."""
+    iteration at ``batch``, counted on the meta device (emanet.deploy.flops; any precision)."""
     if task == "infer":
         return model_cost(preset).flops
     return training_flops(preset, batch_size=batch)

@@ -1,6 +1,7 @@
 """Training-loader throughput per worker on Cityscapes-size (2048x1024) PNGs.
 
-Runs the trainer's own loader (emanet.train.build_loaders: imagecodecs PNG decoding where it is
+Runs the trainer's own loader (emanet.training.train.build_loaders: imagecodecs PNG decoding where
+it is
 installed, else torchvision.io; the random resize by torchvision's uint8 kernel, crop with
 cat_max_ratio, flip, colour parameters drawn per sample)
 at the official R-50-D8 settings (crop 512x1024, random rescale 0.5-2.0 of 2048x1024) on
@@ -32,9 +33,9 @@ from timing import median_time
 
 from emanet.data import cityscapes
 from emanet.data.toycity import generate_toycity
-from emanet.presets import get_preset
-from emanet.runtime import resolve_device
-from emanet.train import Run, TrainConfig, build_loaders
+from emanet.models.presets import get_preset
+from emanet.runtime.device import resolve_device
+from emanet.training.train import Run, TrainConfig, build_loaders
 
 PRESET = "emanet_r50-d8_512x1024_80k_cityscapes"
 

@@ -1,7 +1,7 @@
 """Eval-time speed of whole-image inference at 512x1024: plain vs optimised, same labels.
 
 plain:     eager, NCHW, BatchNorm unfolded, under torch.no_grad (how a model is usually run)
-optimised: emanet.fusion.optimize_for_inference (BN folded, channels_last) under inference_mode
+optimised: emanet.fast.fusion.optimize_for_inference (BN folded, channels_last) under inference_mode
 
 Prints both times, the speed-up (target >= 1.2) and the share of identical labels.
 Usage: python benchmarks/bench_model.py [--preset NAME] [--height 512 --width 1024] [--device cuda]
@@ -15,7 +15,7 @@ import torch
 from timing import median_time
 
 from emanet import build_model
-from emanet.fusion import optimize_for_inference
+from emanet.fast.fusion import optimize_for_inference
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Training throughput as `emanet train` runs it, and whether its loader keeps up.
 
-Builds everything with the trainer's own functions (emanet.train: build_training_model,
+Builds everything with the trainer's own functions (emanet.training.train: build_training_model,
 build_loaders, wrap_for_training, train_step), on a toy city (generated into a temporary folder
 unless --data is given), and measures in one run:
 
@@ -24,8 +24,8 @@ import time
 import torch
 
 from emanet.data.toycity import generate_toycity
-from emanet.presets import get_preset
-from emanet.train import (
+from emanet.models.presets import get_preset
+from emanet.training.train import (
     TrainConfig,
     build_loaders,
     build_optimizer,

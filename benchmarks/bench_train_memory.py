@@ -6,7 +6,8 @@ creation to its release, and reports the peak of the live bytes: parameters, mom
 everything stored for backward and every temporary. That is what ``torch.cuda.
 max_memory_allocated`` counts on a GPU, less what cuBLAS/cuDNN take for their workspaces and the
 allocator's rounding. Rows: fp32 and bf16, with the BatchNorm->ReLU outputs recomputed
-(emanet.recompute, the eager trainer's default) and stored, in the trainer's channels_last layout
+(emanet.fast.recompute, the eager trainer's default) and stored, in the trainer's channels_last
+layout
 (--no-channels-last: NCHW; on a CPU both count the same, to the megabyte).
 
 Calibration (R-50-D8 512x1024, commit e10e841): this counted 3.06 GB (bf16) and 5.23 GB (fp32)
@@ -27,7 +28,7 @@ from bench_gpu import training_step
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from emanet.presets import PRESETS
+from emanet.models.presets import PRESETS
 
 
 class LiveTensorBytes(TorchDispatchMode):

@@ -16,7 +16,7 @@ import torch
 from bench_gpu import inference_step, training_step
 from torch.profiler import ProfilerActivity, profile
 
-from emanet.presets import PRESETS
+from emanet.models.presets import PRESETS
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ os.environ.pop("EMANET_TOYCITY", None)
 from app import build_demo  # noqa: E402
 from app.examples import toycity_examples  # noqa: E402
 from app.handlers import Explorer  # noqa: E402
-from emanet.atomicfile import atomic_write  # noqa: E402
+from emanet.io.atomic import atomic_write  # noqa: E402
 
 VIEWS = ("#overlay img", "#attention-grid img", "#base-strip img", "#base-class img")
 

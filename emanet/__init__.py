@@ -13,7 +13,11 @@ The public API, re-exported here::
     model_cost, count_flops              parameters and FLOPs, EM unit apart
 """
 
-from .checkpoint import (
+from emanet.deploy.flops import count_flops, model_cost
+from emanet.deploy.onnx import ExportError, export_onnx
+from emanet.evaluation.evaluate import InstanceIoUMetric, IoUMetric
+from emanet.fast.fusion import optimize_for_inference
+from emanet.io.checkpoint import (
     MODEL_ZOO,
     Checkpoint,
     CheckpointError,
@@ -21,16 +25,12 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from .ema import EMAttention, EMTrace
-from .evaluate import InstanceIoUMetric, IoUMetric
-from .export import ExportError, export_onnx
-from .flops import count_flops, model_cost
-from .fusion import optimize_for_inference
-from .imageio import ImageLoadError, load_image
-from .predict import Prediction, Segmenter
-from .presets import PRESETS, ModelPreset, get_preset
-from .pretrained import BackboneReport, load_backbone
-from .segmentor import EMANet, build_model
+from emanet.io.images import ImageLoadError, load_image
+from emanet.io.pretrained import BackboneReport, load_backbone
+from emanet.models.ema import EMAttention, EMTrace
+from emanet.models.presets import PRESETS, ModelPreset, get_preset
+from emanet.models.segmentor import EMANet, build_model
+from emanet.predict import Prediction, Segmenter
 
 __version__ = "0.1.0"
 

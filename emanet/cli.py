@@ -10,13 +10,13 @@ import json
 import logging
 import sys
 
-from .checkpoint import CheckpointError
-from .data.cityscapes import DatasetError
-from .export import ExportError
-from .imageio import ImageLoadError
-from .precision import check_precision
-from .runtime import add_runtime_arguments, resolve_device
-from .train import TrainingDiverged
+from emanet.data.cityscapes import DatasetError
+from emanet.deploy.onnx import ExportError
+from emanet.io.checkpoint import CheckpointError
+from emanet.io.images import ImageLoadError
+from emanet.runtime.device import add_runtime_arguments, resolve_device
+from emanet.runtime.precision import check_precision
+from emanet.training.train import TrainingDiverged
 
 __all__ = ["UsageError", "configure_logging", "main"]
 
@@ -61,7 +61,7 @@ def _add_predict(sub) -> None:
 
 
 def _segmenter(args):
-    from .predict import Segmenter
+    from emanet.predict import Segmenter
 
     return Segmenter.from_pretrained(
         args.model,
@@ -73,7 +73,7 @@ def _segmenter(args):
 
 
 def _predict(args) -> int:
-    from .batch_predict import find_images, predict_images
+    from emanet.deploy.batch import find_images, predict_images
 
     try:
         jobs = find_images(args.images)
@@ -114,9 +114,9 @@ def _add_eval(sub) -> None:
 
 
 def _eval(args) -> int:
-    from .atomicfile import atomic_write_text
-    from .data.cityscapes import CityscapesDataset
-    from .evaluate import evaluate_segmenter
+    from emanet.data.cityscapes import CityscapesDataset
+    from emanet.evaluation.evaluate import evaluate_segmenter
+    from emanet.io.atomic import atomic_write_text
 
     segmenter = _segmenter(args)
     dataset = CityscapesDataset(args.data, args.split)
@@ -135,7 +135,7 @@ def _eval(args) -> int:
     if args.out:
         atomic_write_text(args.out, json.dumps(metrics, indent=2))
     if args.plots:
-        from .eval_plots import write_eval_plots
+        from emanet.evaluation.plots import write_eval_plots
 
         classes = metrics["classes"]
         iou = [metrics["IoU"][name] for name in classes]
@@ -147,7 +147,7 @@ def _eval(args) -> int:
 
 
 def _add_train(sub) -> None:
-    from .train import build_parser, run_from_args
+    from emanet.training.train import build_parser, run_from_args
 
     p = sub.add_parser("train", help="train a preset (single process or under torchrun)")
     build_parser(p)
@@ -166,7 +166,7 @@ def _add_toycity(sub) -> None:
 
 
 def _toycity(args) -> int:
-    from .data.toycity import MIN_SIZE, generate_toycity
+    from emanet.data.toycity import MIN_SIZE, generate_toycity
 
     try:
         height, width = (int(v) for v in args.size.lower().split("x"))
@@ -199,7 +199,7 @@ def _add_data(sub) -> None:
 
 
 def _data_check(args) -> int:
-    from .data.cityscapes import check_dataset
+    from emanet.data.cityscapes import check_dataset
 
     report = check_dataset(args.root)
     print(report.format())
@@ -218,7 +218,7 @@ def _add_models(sub) -> None:
 
 
 def _models(args) -> int:
-    from .presets import PRESETS, get_preset
+    from emanet.models.presets import PRESETS, get_preset
 
     presets = [get_preset(name) for name in args.names] if args.names else list(PRESETS.values())
     for preset in presets:
@@ -227,7 +227,7 @@ def _models(args) -> int:
             f"{preset.test_mode:5s} {preset.url or '(bundled)'}"
         )
     if args.flops:
-        from .flops import format_costs, model_cost
+        from emanet.deploy.flops import format_costs, model_cost
 
         print()
         print(format_costs([model_cost(preset) for preset in presets]))
@@ -259,8 +259,8 @@ def _export(args) -> int:
 
     import torch
 
-    from .export import default_export_size, export_onnx, onnxruntime_difference
-    from .predict import Segmenter
+    from emanet.deploy.onnx import default_export_size, export_onnx, onnxruntime_difference
+    from emanet.predict import Segmenter
 
     if not args.verbose:
         # The exporter's passes log every rewrite at INFO.

@@ -21,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoint import (
+from emanet.data.cityscapes import CLASSES, PALETTE, palette_lut
+from emanet.data.transforms import preprocess_test_image
+from emanet.fast.fusion import optimize_for_inference
+from emanet.io.checkpoint import (
     BUNDLED_CHECKPOINT,
     MODEL_ZOO,
     Checkpoint,
@@ -29,15 +32,12 @@ from .checkpoint import (
     read_checkpoint,
     resolve_checkpoint,
 )
-from .data.cityscapes import CLASSES, PALETTE, palette_lut
-from .data.transforms import preprocess_test_image
-from .ema import EMTrace
-from .fusion import optimize_for_inference
-from .imageio import load_image
-from .precision import PRECISIONS, autocast, check_precision
-from .presets import PRESETS, ModelPreset, get_preset
-from .runtime import announce_compilation, compile_module, resolve_device
-from .segmentor import EMANet, build_model
+from emanet.io.images import load_image
+from emanet.models.ema import EMTrace
+from emanet.models.presets import PRESETS, ModelPreset, get_preset
+from emanet.models.segmentor import EMANet, build_model
+from emanet.runtime.device import announce_compilation, compile_module, resolve_device
+from emanet.runtime.precision import PRECISIONS, autocast, check_precision
 
 __all__ = ["DEFAULT_PRECISION", "Prediction", "Segmenter"]
 
@@ -93,13 +93,14 @@ class Segmenter:
         model: the network (its weights loaded).
         classes, palette: class names and colours in trainId order.
         device: where to run (default: CUDA if available, else CPU); ``"cuda"`` is the current
-            GPU (see :func:`emanet.runtime.resolve_device`).
+            GPU (see :func:`emanet.runtime.device.resolve_device`).
         fast: run an eval copy with BatchNorm folded and channels_last (same labels); in
             bf16/fp16 its convolution weights are stored in that dtype, and on CUDA its 1x1
             convolutions are run as matrix products with fused bias (see
-            :mod:`emanet.fusion`).
+            :mod:`emanet.fast.fusion`).
         precision: ``"fp32"`` (:data:`DEFAULT_PRECISION`), ``"bf16"`` or ``"fp16"`` autocast
-            (see :mod:`emanet.precision`); a precision the device cannot run is a ValueError.
+            (see :mod:`emanet.runtime.precision`); a precision the device cannot run is a
+            ValueError.
         compile: run the network through ``torch.compile`` (the first call compiles, and says
             so in the log).
         test_scale: ``(long, short)`` scale images are fitted into (default: the preset's).
@@ -128,7 +129,7 @@ class Segmenter:
         if fast:
             # Half-precision weights where autocast would cast them at every call (same logits);
             # on CUDA, 1x1 convolutions as products with the bias in cuBLASLt's epilogue (see
-            # emanet.fusion), unless torch.compile fuses the bias passes itself.
+            # emanet.fast.fusion), unless torch.compile fuses the bias passes itself.
             half = PRECISIONS[self.precision] if self.precision != "fp32" else None
             self._net = optimize_for_inference(
                 self.model,

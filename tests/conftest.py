@@ -59,10 +59,10 @@ def run_gloo():
 
 @pytest.fixture
 def train_interrupted(monkeypatch):
-    """``train_interrupted(config)``: :func:`emanet.train.train` on ``config`` stopped by a
+    """``train_interrupted(config)``: :func:`emanet.training.train.train` on ``config`` stopped by a
     simulated crash (``KeyboardInterrupt``) at iteration 2, after its checkpoint there; the caller
     then resumes the run from ``config.work_dir``."""
-    from emanet import train as train_module
+    from emanet.training import train as train_module
 
     real = train_module.poly_lr
 

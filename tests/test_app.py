@@ -24,10 +24,10 @@ from app.examples import toycity_examples  # noqa: E402
 from app.handlers import BUNDLED, UPLOADED  # noqa: E402
 from app.ui import build_demo  # noqa: E402
 from emanet import build_model  # noqa: E402
-from emanet.attention import measure_attention  # noqa: E402
 from emanet.data import CLASSES, PALETTE  # noqa: E402
+from emanet.models.attention import measure_attention  # noqa: E402
+from emanet.models.presets import get_preset  # noqa: E402
 from emanet.predict import Segmenter  # noqa: E402
-from emanet.presets import get_preset  # noqa: E402
 
 # Gradio's queue uses pandas options that pandas 3 deprecates: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
@@ -306,7 +306,8 @@ def test_lambda_multiplier_is_a_what_if_on_the_bundled_models_own_lambda(bundled
     runs = {scale: segment(client, scene, lambda_scale=scale) for scale in (0.1, 1, 4)}
     default = segment(client, scene)
     entropy = {scale: _curve(run[2], "entropy", 3) for scale, run in runs.items()}
-    # 1x is the default and the model's own responsibilities, as emanet.attention measures them
+    # 1x is the default and the model's own responsibilities, as emanet.models.attention measures
+    # them
     # on the model itself (no lambda given)
     assert _curve(default[2], "entropy", 3) == entropy[1]
     reference = measure_attention(segmenter, [scene], num_iterations=3)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from emanet import EMAttention, EMTrace
-from emanet.attention import attention_stats, trace_stats
+from emanet.models.attention import attention_stats, trace_stats
 
 
 def numpy_stats(resp, bases, min_share=0.02):

@@ -10,14 +10,14 @@ import torch
 from PIL import Image
 
 from emanet import build_model
-from emanet.batch_predict import (
+from emanet.cli import main
+from emanet.deploy.batch import (
     ImageJob,
     default_batch_size,
     find_images,
     output_paths,
     predict_images,
 )
-from emanet.cli import main
 from emanet.predict import Segmenter
 
 

@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from emanet import checkpoint as ckpt
-from emanet.checkpoint import (
+from emanet.io import checkpoint as ckpt
+from emanet.io.checkpoint import (
     MODEL_ZOO,
     CheckpointError,
     atomic_save,
@@ -151,7 +151,7 @@ def test_half_checkpoint_loads_back_into_float32_within_fp16_rounding(tmp_path):
 
 def test_half_keeps_tensors_float16_cannot_hold(tmp_path, caplog):
     state = {"small": torch.tensor([0.5, 1.0]), "huge": torch.tensor([1e6, 1.0])}
-    with caplog.at_level(logging.WARNING, logger="emanet.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="emanet.io.checkpoint"):
         path = save_checkpoint(
             tmp_path / "h.pth", state, preset="p", classes=[], palette=[], half=True
         )
@@ -308,7 +308,7 @@ def test_non_strict_loads_only_matching_keys(tmp_path, caplog):
     torch.save(source.state_dict(), tmp_path / "m.pth")
     target = TinySegmentor(num_classes=5)
     head_before = target.decode_head.conv_seg.weight.clone()
-    with caplog.at_level(logging.WARNING, logger="emanet.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="emanet.io.checkpoint"):
         load_checkpoint(target, tmp_path / "m.pth", strict=False, progress=False)
     assert torch.equal(target.backbone[0].weight, source.backbone[0].weight)
     assert torch.equal(target.backbone[1].running_mean, source.backbone[1].running_mean)
@@ -437,7 +437,7 @@ def test_unknown_name_lists_the_zoo():
 
 
 def test_zoo_agrees_with_the_model_presets():
-    from emanet.presets import PRESETS
+    from emanet.models.presets import PRESETS
 
     for name, url in MODEL_ZOO.items():
         assert PRESETS[name].url == url
@@ -473,7 +473,7 @@ def test_mmseg_1x_dataset_meta_and_malformed_palette(tmp_path):
 def test_malformed_palettes_are_ignored_with_a_warning(tmp_path, caplog, palette, reason):
     meta = {"CLASSES": list(CLASSES), "PALETTE": palette}
     torch.save({"meta": meta, "state_dict": trained_model().state_dict()}, tmp_path / "m.pth")
-    with caplog.at_level(logging.WARNING, logger="emanet.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="emanet.io.checkpoint"):
         info = read_checkpoint(tmp_path / "m.pth")
     assert info.palette is None and info.classes == tuple(CLASSES)
     assert re.search(reason, caplog.text) and "m.pth" in caplog.text

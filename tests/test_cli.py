@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 
 from emanet import build_model, cli
-from emanet.checkpoint import save_checkpoint
 from emanet.cli import main
 from emanet.data import CLASSES, PALETTE, CityscapesDataset
+from emanet.io.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from emanet import build_model
 from emanet.cli import main
 from emanet.data.toycity import generate_toycity, render_scene
 from emanet.predict import BUNDLED_CHECKPOINT, Segmenter
-from emanet.runtime import resolve_device
-from emanet.train import TrainConfig, train
+from emanet.runtime.device import resolve_device
+from emanet.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"
@@ -137,7 +137,7 @@ def test_em_unit_with_tf32_keeps_float32_accuracy():
     # bf16/fp16 runs allow TF32 for the unit's float32 products; its split operands must keep the
     # output within 1e-3 of float64 (plain TF32 products gave 1.27e-3 on an H200).
     from emanet import EMAttention, EMTrace
-    from emanet.precision import tf32_matmuls
+    from emanet.runtime.precision import tf32_matmuls
 
     torch.manual_seed(0)
     unit = EMAttention(512, num_bases=64, num_iterations=3).cuda().eval()
@@ -166,7 +166,7 @@ def test_em_unit_with_tf32_keeps_float32_accuracy():
 def test_pointwise_products_on_cuda_agree_with_convolutions(precision):
     # Half-precision segmenters run 1x1 convolutions as cuBLASLt products with the bias (and
     # ReLU) in the epilogue: each must give the convolution's values, to half rounding.
-    from emanet.fusion import PointwiseConv
+    from emanet.fast.fusion import PointwiseConv
 
     torch.manual_seed(0)
     dtype = DTYPES[precision]
@@ -187,11 +187,11 @@ def test_pointwise_products_on_cuda_agree_with_convolutions(precision):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_memory_levers_on_cuda_give_the_same_training_step(precision):
-    # emanet.losses (CUDA's float32 softmax of bf16 input, upsampling backward) and
-    # emanet.recompute (cuDNN BatchNorm recomputed in backward): the same gradients as the
+    # emanet.models.loss (CUDA's float32 softmax of bf16 input, upsampling backward) and
+    # emanet.fast.recompute (cuDNN BatchNorm recomputed in backward): the same gradients as the
     # plain forward pass, and less memory at the step's peak.
-    from emanet.losses import upsampled_cross_entropy
-    from emanet.recompute import RecomputeNormReLU
+    from emanet.fast.recompute import RecomputeNormReLU
+    from emanet.models.loss import upsampled_cross_entropy
 
     torch.manual_seed(0)
     model = build_model("emanet_r50-d8_512x1024_80k_cityscapes").cuda().train()

@@ -270,7 +270,7 @@ def test_cuda_autocast_dtype_mix_reproduced_on_cpu(monkeypatch, dtype):
     # crash there ("Expected out tensor to have dtype float, but got BFloat16") because the
     # bases turned float32 after the first M-step and met a half `out=` buffer. CPU autocast
     # keeps normalize in bf16, so simulate CUDA's policy for it and run under CPU autocast.
-    import emanet.ema as ema_module
+    import emanet.models.ema as ema_module
 
     real_normalize = F.normalize
 
@@ -306,7 +306,7 @@ def test_the_unit_compiles_into_one_graph(autocast):
 
 
 def test_split_tf32_is_exact_and_hi_fits_tf32():
-    from emanet.ema import split_tf32
+    from emanet.models.ema import split_tf32
 
     torch.manual_seed(0)
     a = torch.randn(3, 64, 50) * torch.logspace(-20, 20, 50)
@@ -345,7 +345,7 @@ def test_split_products_recover_float32_accuracy_from_tf32(monkeypatch, channels
     # Plain TF32 products move the unit's output by ~1e-3 of its largest value (1.27e-3
     # measured on an H200, and by this emulation at the R-50 head's size); split products must
     # stay within 1e-3 with a wide margin.
-    import emanet.ema as ema_module
+    import emanet.models.ema as ema_module
 
     torch.manual_seed(0)
     unit = EMAttention(512, num_bases=64, num_iterations=3).eval()
@@ -369,7 +369,7 @@ def test_split_products_recover_float32_accuracy_from_tf32(monkeypatch, channels
 def test_split_products_skip_the_low_part_of_half_precision_features(monkeypatch):
     # In a bf16 run the unit's input is bf16: exact in TF32, so only the bases' and the
     # responsibilities' low parts are needed. (The unit's own output is then rounded to bf16.)
-    from emanet.ema import em_iterations, reconstruct
+    from emanet.models.ema import em_iterations, reconstruct
 
     torch.manual_seed(0)
     feats = torch.randn(2, 512, 32 * 48).bfloat16().float()
@@ -386,7 +386,7 @@ def test_split_products_skip_the_low_part_of_half_precision_features(monkeypatch
 
 
 def test_split_products_equal_plain_products_in_float32():
-    from emanet.ema import em_iterations, reconstruct
+    from emanet.models.ema import em_iterations, reconstruct
 
     torch.manual_seed(0)
     feats = torch.randn(2, 32, 40)
@@ -407,7 +407,7 @@ def test_split_products_equal_plain_products_in_float32():
 
 def test_split_products_compile_into_one_graph():
     # The CUDA path of bf16/fp16 runs (split TF32 products) must not break torch.compile's graph.
-    from emanet.ema import em_iterations, reconstruct
+    from emanet.models.ema import em_iterations, reconstruct
 
     torch._dynamo.reset()
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from emanet.data.cityscapes import CLASSES, PALETTE
-from emanet.eval_plots import (
+from emanet.evaluation.plots import (
     confusion_figure,
     per_class_iou_figure,
     row_normalize,

@@ -9,7 +9,7 @@ from PIL import Image
 
 from emanet import build_model
 from emanet.data import CityscapesDataset, generate_toycity
-from emanet.evaluate import (
+from emanet.evaluation.evaluate import (
     CITYSCAPES_AVG_INSTANCE_SIZE,
     InstanceIoUMetric,
     IoUMetric,

@@ -11,7 +11,7 @@ import torch
 
 from emanet import build_model
 from emanet.cli import main
-from emanet.export import ExportError, export_onnx
+from emanet.deploy.onnx import ExportError, export_onnx
 from emanet.predict import Segmenter
 
 ort = pytest.importorskip("onnxruntime", reason="the 'export' extra is not installed")

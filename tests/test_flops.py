@@ -7,14 +7,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from emanet import EMAttention, build_model
 from emanet.cli import main
-from emanet.flops import (
+from emanet.deploy.flops import (
     count_flops,
     format_costs,
     model_cost,
     non_local_attention,
     training_flops,
 )
-from emanet.presets import get_preset
+from emanet.models.presets import get_preset
 
 
 def test_one_convolution_by_hand():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emanet.imageio import ImageLoadError, load_image
+from emanet.io.images import ImageLoadError, load_image
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
 

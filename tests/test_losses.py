@@ -1,11 +1,12 @@
-"""emanet.losses.upsampled_cross_entropy against autograd through interpolate + cross_entropy."""
+"""emanet.models.loss.upsampled_cross_entropy against autograd through interpolate +
+cross_entropy."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from emanet import build_model
-from emanet.losses import upsampled_cross_entropy
+from emanet.models.loss import upsampled_cross_entropy
 
 
 def reference(logits, labels, ignore_index=255, align_corners=False, avg_non_ignore=False):

@@ -1,4 +1,5 @@
-"""Precision and compilation options: emanet.precision, Segmenter(precision=..., compile=...)
+"""Precision and compilation options: emanet.runtime.precision, Segmenter(precision=...,
+compile=...)
 and the command-line options, all on the CPU (the EM unit under CUDA's dtype mix is in
 test_ema.py)."""
 
@@ -12,8 +13,8 @@ from emanet import build_model
 from emanet.cli import main
 from emanet.data.cityscapes import label_ids_to_train_ids
 from emanet.data.toycity import render_scene
-from emanet.precision import PRECISIONS, autocast, check_precision, default_precision
 from emanet.predict import BUNDLED_CHECKPOINT, Segmenter
+from emanet.runtime.precision import PRECISIONS, autocast, check_precision, default_precision
 
 
 def test_precisions_and_defaults():
@@ -135,7 +136,7 @@ def test_compiled_segmenter_says_so_once_and_gives_the_same_labels(eager_compile
     assert len(eager_compile) == 1  # torch.compile was asked for, once
     assert model._compiled_call_impl is None  # on a copy: the caller's model stays eager
     image = np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)
-    with caplog.at_level(logging.INFO, logger="emanet.runtime"):
+    with caplog.at_level(logging.INFO, logger="emanet.runtime.device"):
         first = compiled(image).labels
         second = compiled(image).labels
     assert caplog.text.count("compiling emanet_r18-d8_toycity") == 1

@@ -7,12 +7,12 @@ import torch
 from PIL import Image
 
 from emanet import build_model
-from emanet import checkpoint as checkpoint_module
-from emanet.checkpoint import CheckpointError, save_checkpoint
 from emanet.data.cityscapes import CLASSES, PALETTE
 from emanet.data.transforms import TestTransform as EvalTransform  # not a pytest class
 from emanet.data.transforms import preprocess_test_image
-from emanet.imageio import ImageLoadError
+from emanet.io import checkpoint as checkpoint_module
+from emanet.io.checkpoint import CheckpointError, save_checkpoint
+from emanet.io.images import ImageLoadError
 from emanet.predict import Segmenter
 
 

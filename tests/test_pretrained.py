@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from emanet import build_model
-from emanet.backbone import ResNetV1c
-from emanet.checkpoint import CheckpointError
-from emanet.presets import PRESETS, SMALL_PRESET
-from emanet.pretrained import PRETRAINED_BACKBONES, backbone_url, load_backbone
-from emanet.train import TrainConfig, pretrained_source
+from emanet.io.checkpoint import CheckpointError
+from emanet.io.pretrained import PRETRAINED_BACKBONES, backbone_url, load_backbone
+from emanet.models.backbone import ResNetV1c
+from emanet.models.presets import PRESETS, SMALL_PRESET
+from emanet.training.train import TrainConfig, pretrained_source
 
 FIXTURES = Path(__file__).parent / "fixtures"
 R50 = "emanet_r50-d8_512x1024_80k_cityscapes"
@@ -128,7 +128,7 @@ def test_open_mmlab_name_is_read_from_the_torch_hub_cache(tmp_path, monkeypatch,
     state = r18_state(seed=2)
     torch.save(state, cached)
     backbone = ResNetV1c(18)
-    with caplog.at_level(logging.INFO, logger="emanet.pretrained"):
+    with caplog.at_level(logging.INFO, logger="emanet.io.pretrained"):
         report = load_backbone(backbone, "open-mmlab://resnet18_v1c", progress=False)
     assert report.path == cached
     assert torch.equal(backbone.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
@@ -190,7 +190,7 @@ def test_wrong_depth_is_loaded_partly_and_warned_about(tmp_path, caplog):
     del state["layer4.1.conv2.weight"]
     state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
     torch.save(state, tmp_path / "partial.pth")
-    with caplog.at_level(logging.WARNING, logger="emanet.pretrained"):
+    with caplog.at_level(logging.WARNING, logger="emanet.io.pretrained"):
         report = load_backbone(ResNetV1c(18), tmp_path / "partial.pth", progress=False)
     assert report.missing == ("layer4.1.conv2.weight",)
     assert report.misshaped == (("layer1.0.conv1.weight", (64, 64, 1, 1), (64, 64, 3, 3)),)

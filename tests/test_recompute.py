@@ -1,4 +1,4 @@
-"""emanet.recompute: BatchNorm -> ReLU outputs are rebuilt in backward, not stored."""
+"""emanet.fast.recompute: BatchNorm -> ReLU outputs are rebuilt in backward, not stored."""
 
 import contextlib
 import weakref
@@ -9,8 +9,8 @@ from torch import nn
 
 from emanet import build_model
 from emanet.data.transforms import TrainTransform
-from emanet.recompute import RecomputeNormReLU
-from emanet.train import Run, TrainConfig, _TrainStep, train_step, wrap_for_training
+from emanet.fast.recompute import RecomputeNormReLU
+from emanet.training.train import Run, TrainConfig, _TrainStep, train_step, wrap_for_training
 
 
 def toy_batch(seed=0):

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from emanet import build_model
-from emanet.runtime import resolve_device, unwrap, usable_cpus
-from emanet.train import default_workers
+from emanet.runtime.device import resolve_device, unwrap, usable_cpus
+from emanet.training.train import default_workers
 
 
 @pytest.fixture

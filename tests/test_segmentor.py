@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from emanet import EMTrace, build_model
-from emanet.fusion import optimize_for_inference
-from emanet.presets import PRESETS
-from emanet.segmentor import slide_windows
+from emanet.fast.fusion import optimize_for_inference
+from emanet.models.presets import PRESETS
+from emanet.models.segmentor import slide_windows
 from tests import mmseg_reference as ref
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
@@ -183,7 +183,7 @@ def test_half_weights_give_autocast_logits_bit_for_bit_without_the_casts(dtype):
 def test_pointwise_products_compute_the_same_network():
     from torchvision.models.resnet import Bottleneck
 
-    from emanet.fusion import PointwiseConv, _PointwiseBottleneck
+    from emanet.fast.fusion import PointwiseConv, _PointwiseBottleneck
 
     torch.manual_seed(0)
     model = randomise_bn(build_model("emanet_r50-d8_512x1024_80k_cityscapes")).eval()
@@ -216,7 +216,7 @@ def test_pointwise_products_compute_the_same_network():
 
 
 def test_conv_of_a_concatenation_without_building_it():
-    from emanet.heads import ConvModule
+    from emanet.models.heads import ConvModule
 
     torch.manual_seed(0)
     module = randomise_bn(ConvModule(12, 8, 3, padding=1)).double().train()
@@ -240,8 +240,8 @@ def test_conv_of_a_concatenation_without_building_it():
     grads_expected = torch.autograd.grad(expected.square().sum(), [module.conv.weight, *parts])
     for a, b in zip(grads, grads_expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    # after BatchNorm folding (the eval copies of emanet.fusion) the bias is added once
-    from emanet.fusion import fold_batchnorm
+    # after BatchNorm folding (the eval copies of emanet.fast.fusion) the bias is added once
+    from emanet.fast.fusion import fold_batchnorm
 
     folded = fold_batchnorm(module.eval())
     with torch.no_grad():

@@ -4,13 +4,13 @@ import os
 import pytest
 import torch
 
-from emanet.backbone import ResNetV1c
-from emanet.checkpoint import read_checkpoint
 from emanet.cli import main as cli_main
 from emanet.data.toycity import generate_toycity
-from emanet.presets import get_preset
-from emanet.segmentor import EMANet
-from emanet.train import (
+from emanet.io.checkpoint import read_checkpoint
+from emanet.models.backbone import ResNetV1c
+from emanet.models.presets import get_preset
+from emanet.models.segmentor import EMANet
+from emanet.training.train import (
     Run,
     TrainConfig,
     TrainingDiverged,
@@ -111,7 +111,7 @@ def test_a_nan_loss_updates_nothing(world):
     # without a process group: the check's position is what differs, not DDP's wrapper.)
     from emanet import build_model
     from emanet.data.transforms import TrainTransform
-    from emanet.train import _TrainStep, train_step
+    from emanet.training.train import _TrainStep, train_step
 
     torch.manual_seed(0)
     model = build_model("emanet_r18-d8_toycity").train()
@@ -214,7 +214,7 @@ def test_final_validation_equals_emanet_eval_on_model_pth(city, tmp_path):
 
 def test_build_optimizer_is_mmsegs_sgd_over_trainable_parameters():
     from emanet import build_model
-    from emanet.train import build_optimizer
+    from emanet.training.train import build_optimizer
 
     model = build_model("emanet_r18-d8_toycity")
     cfg = TrainConfig(preset="emanet_r18-d8_toycity", data_root="", work_dir="", lr=0.02)
@@ -232,7 +232,7 @@ def test_resuming_keeps_this_devices_optimizer_implementation(tmp_path):
     # A state saved by a CUDA run (fused SGD) resumed on the CPU runs the CPU's update, with the
     # saved momenta.
     from emanet import build_model
-    from emanet.train import build_optimizer, restore_state, save_state
+    from emanet.training.train import build_optimizer, restore_state, save_state
 
     cfg = TrainConfig(preset="emanet_r18-d8_toycity", data_root="", work_dir="")
     run = Run(rank=0, world=1, device=torch.device("cpu"), precision="fp32")
@@ -251,7 +251,12 @@ def test_resuming_keeps_this_devices_optimizer_implementation(tmp_path):
 
 
 def test_channels_last_is_the_default_and_trains_as_nchw_does(city):
-    from emanet.train import build_optimizer, build_training_model, train_step, wrap_for_training
+    from emanet.training.train import (
+        build_optimizer,
+        build_training_model,
+        train_step,
+        wrap_for_training,
+    )
 
     required = ["--preset", "p", "--data", "d", "--work-dir", "w"]
     assert TrainConfig("p", "d", "w").channels_last

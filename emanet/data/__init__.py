@@ -1,6 +1,6 @@
 """Cityscapes data: label table, dataset over the official layout, pipelines, a synthetic city."""
 
-from .cityscapes import (
+from emanet.data.cityscapes import (
     CLASSES,
     IGNORE_INDEX,
     INSTANCE_CLASSES,
@@ -15,7 +15,7 @@ from .cityscapes import (
     palette_lut,
     train_ids_to_label_ids,
 )
-from .toycity import generate_toycity
+from emanet.data.toycity import generate_toycity
 
 __all__ = [
     "CLASSES",

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .cityscapes import LABELS, palette_lut
+from emanet.data.cityscapes import LABELS, palette_lut
 
 __all__ = ["generate_toycity", "render_scene", "CITIES", "MIN_SIZE"]
 

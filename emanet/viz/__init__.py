@@ -5,8 +5,8 @@ app; :mod:`~emanet.viz.figures` makes matplotlib figures for notebooks and repor
 re-exported here: ``from emanet import viz; viz.attention_grid(...)``.
 """
 
-from . import figures, render
-from .figures import *  # noqa: F403 (the names of figures.__all__)
-from .render import *  # noqa: F403 (the names of render.__all__)
+from emanet.viz import figures, render
+from emanet.viz.figures import *  # noqa: F403 (the names of figures.__all__)
+from emanet.viz.render import *  # noqa: F403 (the names of render.__all__)
 
 __all__ = [*render.__all__, *figures.__all__]

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..ema import EMTrace
-from .render import convergence
+from emanet.models.ema import EMTrace
+from emanet.viz.render import convergence
 
 __all__ = ["base_class_figure", "convergence_figure", "plot_training_curves"]
 

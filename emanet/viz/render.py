@@ -1,6 +1,6 @@
 """What EM attention does, as arrays: responsibility grids, convergence, bases vs classes.
 
-Everything here reads :class:`~emanet.ema.EMTrace` records, never models, and returns numpy
+Everything here reads :class:`~emanet.models.ema.EMTrace` records, never models, and returns numpy
 arrays or plain numbers. The ``*_grid`` / ``*_image`` / ``base_across_iterations`` functions
 return ``(H, W, 3)`` uint8 images built with numpy and Pillow: they sit on the app's hot path
 and must take milliseconds. Matplotlib figures of the same things are in
@@ -18,7 +18,7 @@ import torch
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
-from ..ema import EMTrace
+from emanet.models.ema import EMTrace
 
 __all__ = [
     "responsibility_maps",

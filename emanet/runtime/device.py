@@ -107,8 +107,8 @@ def announce_compilation(what: str) -> None:
 def add_runtime_arguments(parser, compile: bool = True) -> None:
     """Where and how a model runs: ``--device``, ``--precision`` (and ``--compile``), the same
     options for every command that runs a model (``emanet predict/eval``, ``python -m app``)."""
-    from .precision import PRECISIONS
-    from .predict import DEFAULT_PRECISION
+    from emanet.predict import DEFAULT_PRECISION
+    from emanet.runtime.precision import PRECISIONS
 
     parser.add_argument(
         "--device", help="cpu, cuda (this process's GPU) or cuda:N (default: cuda if available)"

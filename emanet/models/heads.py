@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ema import EMAttention, EMTrace
+from emanet.models.ema import EMAttention, EMTrace
 
 __all__ = ["ConvModule", "EMAHead", "FCNHead"]
 
@@ -70,7 +70,7 @@ class ConvModule(nn.Module):
         for part, weight in zip(parts, weights, strict=True):
             y = F.conv2d(part, weight, None, conv.stride, conv.padding, conv.dilation)
             out = y if out is None else out.add_(y)
-        if conv.bias is not None:  # after BatchNorm folding (emanet.fusion)
+        if conv.bias is not None:  # after BatchNorm folding (emanet.fast.fusion)
             out = out.add_(conv.bias.to(out.dtype).view(1, -1, 1, 1))
         return self._norm_act(out)
 

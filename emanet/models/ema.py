@@ -32,7 +32,8 @@ is cast back to the input's dtype: the softmax and the normalisations need float
 responsibilities normalised over ``N`` pixels sit near fp16's smallest normal), and the unit is a
 small share of the model's FLOPs.
 
-Where CUDA float32 matmuls may use TF32 (bf16/fp16 runs, see :mod:`emanet.precision`), TF32's
+Where CUDA float32 matmuls may use TF32 (bf16/fp16 runs, see :mod:`emanet.runtime.precision`),
+TF32's
 10-bit mantissa alone moves the output by ~1e-3 of its largest value (1.27e-3 on an H200 at the
 R-50 head's size): the softmax turns absolute logit errors into relative errors of the
 responsibilities, and the M-step feeds them back. So every product is computed from *split*
@@ -58,7 +59,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .precision import autocast_off
+from emanet.runtime.precision import autocast_off
 
 __all__ = ["EMAttention", "EMTrace", "em_iterations", "reconstruct", "split_tf32", "uses_tf32"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .data.transforms import keep_ratio_size
+from emanet.data.transforms import keep_ratio_size
 
 __all__ = [
     "CITYSCAPES_IMAGE_SIZE",
@@ -41,7 +41,7 @@ class ModelPreset:
             (1.0: mmsegmentation's and the paper's unit).
         centered_cosine: the EM unit works on pixels centred on the image's mean feature and
             L2-normalised, a cosine E-step (False: mmsegmentation's and the paper's unit). See
-            :mod:`emanet.ema`.
+            :mod:`emanet.models.ema`.
         num_classes: 19 Cityscapes train classes.
         crop_size: training crop ``(h, w)``; also the slide window.
         train_scale: ``(long, short)`` scale of the random resize in training, mmseg's
@@ -54,7 +54,7 @@ class ModelPreset:
         dropout: Dropout2d before the classifiers (0.1).
         url: official checkpoint, if any.
         pretrained: the ImageNet-pretrained backbone training starts from, as mmseg's config
-            names it (``open-mmlab://resnet50_v1c``; see :mod:`emanet.pretrained`), or ``None``
+            names it (``open-mmlab://resnet50_v1c``; see :mod:`emanet.io.pretrained`), or ``None``
             for a randomly initialised backbone.
     """
 
@@ -141,7 +141,7 @@ SMALL_PRESET = ModelPreset(
     ema_channels=128,
     # The EM unit's E-step is softmax(50 * cos(x - mean, mu)) instead of mmseg's
     # softmax(x^T mu): with mmseg's unit the attention of this model drifts towards uniform as
-    # it trains (nothing differentiable reaches the unit's input; see emanet.ema), so the
+    # it trains (nothing differentiable reaches the unit's input; see emanet.models.ema), so the
     # explorer has nothing to show. The four official presets keep mmseg's unit.
     inverse_temperature=50.0,
     centered_cosine=True,

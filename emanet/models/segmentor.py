@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import ResNetV1c
-from .ema import EMTrace
-from .heads import EMAHead, FCNHead
-from .losses import resize_logits, upsampled_cross_entropy
-from .presets import ModelPreset, get_preset
+from emanet.models.backbone import ResNetV1c
+from emanet.models.ema import EMTrace
+from emanet.models.heads import EMAHead, FCNHead
+from emanet.models.loss import resize_logits, upsampled_cross_entropy
+from emanet.models.presets import ModelPreset, get_preset
 
 __all__ = ["EMANet", "build_model", "slide_windows", "AUG_TEST_RATIOS"]
 
@@ -51,7 +51,7 @@ class EMANet(nn.Module):
     ``auxiliary_head``), so official state dicts load as they are.
 
     Args:
-        preset: the configuration (see :mod:`emanet.presets`).
+        preset: the configuration (see :mod:`emanet.models.presets`).
         norm_layer: BatchNorm class for every norm (SyncBatchNorm is swapped in for DDP).
         ignore_index: label value that no loss counts (255).
     """
@@ -100,7 +100,7 @@ class EMANet(nn.Module):
 
     @property
     def em_unit(self):
-        """The :class:`~emanet.ema.EMAttention` inside the decode head."""
+        """The :class:`~emanet.models.ema.EMAttention` inside the decode head."""
         return self.decode_head.ema_module
 
     def _resize(self, logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -133,7 +133,7 @@ class EMANet(nn.Module):
         Returns ``{"loss_decode", "loss_aux", "loss"}`` with ``loss = decode + aux_weight * aux``,
         each as mmseg computes it: the cross-entropy of the logits upsampled to the label size,
         summed over the pixels not ignored and divided by all pixels
-        (:func:`~emanet.losses.upsampled_cross_entropy`).
+        (:func:`~emanet.models.loss.upsampled_cross_entropy`).
         """
         feats = self.backbone(images)
         decode = self.decode_head(feats[3])
@@ -235,7 +235,7 @@ class EMANet(nn.Module):
 
 
 def build_model(name: str | ModelPreset = "emanet_r18-d8_toycity", **overrides) -> EMANet:
-    """Build an EMANet from a preset name (see :data:`emanet.presets.PRESETS`).
+    """Build an EMANet from a preset name (see :data:`emanet.models.presets.PRESETS`).
 
     Keyword ``overrides`` replace preset fields (e.g. ``num_iterations=5``). Weights are random;
     load them with :func:`emanet.load_checkpoint`.

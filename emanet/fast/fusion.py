@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from .heads import ConvModule
+from emanet.models.heads import ConvModule
 
 __all__ = ["PointwiseConv", "fold_batchnorm", "optimize_for_inference", "use_pointwise_products"]
 

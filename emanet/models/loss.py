@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .precision import autocast_off
+from emanet.runtime.precision import autocast_off
 
 __all__ = ["resize_logits", "upsampled_cross_entropy"]
 

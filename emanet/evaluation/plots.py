@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .atomicfile import atomic_write
+from emanet.io.atomic import atomic_write
 
 __all__ = [
     "confusion_figure",

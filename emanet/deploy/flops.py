@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .presets import ModelPreset, get_preset, test_input_size
-from .segmentor import build_model, slide_windows
+from emanet.models.presets import ModelPreset, get_preset, test_input_size
+from emanet.models.segmentor import build_model, slide_windows
 
 __all__ = [
     "FlopCount",
@@ -124,7 +124,8 @@ def model_cost(
 
     Args:
         preset: a preset or its name.
-        image_size: ``(H, W)`` the model is run at; default :func:`~emanet.presets.test_input_size`
+        image_size: ``(H, W)`` the model is run at; default
+        :func:`~emanet.models.presets.test_input_size`
             (a Cityscapes frame after the preset's test resize).
         mode: ``"whole"`` or ``"slide"``; default the preset's test mode.
     """

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .ema import EMTrace
+from emanet.models.ema import EMTrace
 
 __all__ = ["AttentionStats", "attention_stats", "trace_stats", "measure_attention"]
 

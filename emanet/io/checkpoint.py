@@ -36,8 +36,8 @@ import torch
 import torch.hub
 from torch import nn
 
-from .presets import PRESETS, SMALL_PRESET
-from .runtime import unwrap
+from emanet.models.presets import PRESETS, SMALL_PRESET
+from emanet.runtime.device import unwrap
 
 __all__ = [
     "BUNDLED_CHECKPOINT",
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 MODEL_ZOO: dict[str, str] = {p.name: p.url for p in PRESETS.values() if p.url}
 
 #: Weights shipped inside the package (``emanet/weights/<name>.pth``) resolve by bare name too.
-BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "weights"
 
 #: The bundled small model: what ``Segmenter.from_pretrained()`` and the app load by default.
 BUNDLED_CHECKPOINT = BUNDLED_DIR / f"{SMALL_PRESET.name}.pth"

@@ -34,8 +34,8 @@ from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .atomicfile import atomic_write
-from .imageio import ImageLoadError, load_image
+from emanet.io.atomic import atomic_write
+from emanet.io.images import ImageLoadError, load_image
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -1,4 +1,5 @@
-"""ONNX export of an :class:`~emanet.segmentor.EMANet`: one whole-image forward pass, EM unrolled.
+"""ONNX export of an :class:`~emanet.models.segmentor.EMANet`: one whole-image forward pass, EM
+unrolled.
 
 The file computes ``logits = model(images)``:
 
@@ -7,7 +8,8 @@ The file computes ``logits = model(images)``:
 * output ``logits``: ``(B, num_classes, H, W)`` float32 at the input resolution (argmax over
   dim 1 gives trainIds).
 
-The EM iterations are a Python loop in :mod:`emanet.ema`; the exporter traces it, so the graph
+The EM iterations are a Python loop in :mod:`emanet.models.ema`; the exporter traces it, so the
+graph
 holds ``T`` unrolled E/M steps (``T`` fixed at export; ``num_iterations`` in the metadata). The
 unit itself is exported as it is, through ``torch.export`` (the dynamo-based ``torch.onnx``
 exporter), which turns its ``out=``/in-place calls and its autocast guard into plain graph
@@ -18,7 +20,7 @@ file accepts only the exported shape.
 Slide inference (the 769x769 presets' test mode) is not a single forward pass: how many windows
 there are and where they sit depends on the image size, and overlapping logits are averaged.
 It is refused with that explanation; export ``mode="whole"`` (the network on one window) and
-slide the windows in the runtime (:func:`emanet.segmentor.slide_windows` gives them).
+slide the windows in the runtime (:func:`emanet.models.segmentor.slide_windows` gives them).
 
 Metadata (``metadata_props``, strings; onnxruntime shows them as
 ``session.get_modelmeta().custom_metadata_map``): ``preset``, ``preset_config`` (JSON),
@@ -42,11 +44,11 @@ from pathlib import Path
 
 import torch
 
-from .atomicfile import atomic_write
-from .data.cityscapes import CLASSES, PALETTE
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from .presets import ModelPreset, test_input_size
-from .segmentor import EMANet
+from emanet.data.cityscapes import CLASSES, PALETTE
+from emanet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from emanet.io.atomic import atomic_write
+from emanet.models.presets import ModelPreset, test_input_size
+from emanet.models.segmentor import EMANet
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -104,7 +106,7 @@ def _check_mode(model: EMANet, mode: str | None) -> str:
             f"{stride_h}x{stride_w}) depend on the image size, and overlapping logits are "
             "averaged. Export the network on one window with mode='whole' (CLI: --mode whole; "
             f"default size {crop_h}x{crop_w}) and slide the windows in your runtime "
-            "(emanet.segmentor.slide_windows lists them)."
+            "(emanet.models.segmentor.slide_windows lists them)."
         )
     if mode != "whole":
         raise ExportError(f"mode must be 'whole' or 'slide', got {mode!r}")
@@ -117,7 +119,7 @@ def _metadata(
     palette: Sequence[Sequence[int]],
     num_iterations: int,
 ) -> dict[str, str]:
-    from . import __version__
+    from emanet import __version__
 
     preset = net.preset
     unit = net.em_unit

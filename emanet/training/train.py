@@ -9,7 +9,8 @@ Reproducibility is designed in rather than hoped for: the order of samples is a 
 run that is interrupted and resumed produce the same weights as one that never stopped, whatever
 the number of DataLoader workers.
 
-Run ``python -m emanet.train --help`` (or ``emanet train``); under ``torchrun`` every process
+Run ``python -m emanet.training.train --help`` (or ``emanet train``); under ``torchrun`` every
+process
 runs the same command and the ranks are read from the environment.
 """
 
@@ -32,17 +33,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from .checkpoint import atomic_save, load_checkpoint, save_checkpoint
-from .data.cityscapes import CLASSES, PALETTE, CityscapesDataset
-from .data.transforms import TrainTransform
-from .evaluate import evaluate_segmenter
-from .precision import autocast, check_precision, default_precision
-from .predict import Segmenter
-from .presets import ModelPreset, get_preset
-from .pretrained import load_backbone
-from .recompute import RecomputeNormReLU
-from .runtime import announce_compilation, compile_module, resolve_device, usable_cpus
-from .segmentor import EMANet, build_model
+from emanet.data.cityscapes import CLASSES, PALETTE, CityscapesDataset
+from emanet.data.transforms import TrainTransform
+from emanet.evaluation.evaluate import evaluate_segmenter
+from emanet.fast.recompute import RecomputeNormReLU
+from emanet.io.checkpoint import atomic_save, load_checkpoint, save_checkpoint
+from emanet.io.pretrained import load_backbone
+from emanet.models.presets import ModelPreset, get_preset
+from emanet.models.segmentor import EMANet, build_model
+from emanet.predict import Segmenter
+from emanet.runtime.device import announce_compilation, compile_module, resolve_device, usable_cpus
+from emanet.runtime.precision import autocast, check_precision, default_precision
 
 __all__ = [
     "TrainConfig",
@@ -99,7 +100,7 @@ class TrainConfig:
     init: str | None = None
     resume: bool = False
     device: str | None = None
-    # None: bf16 autocast on CUDA, fp32 elsewhere (see emanet.precision).
+    # None: bf16 autocast on CUDA, fp32 elsewhere (see emanet.runtime.precision).
     precision: str | None = None
     # NHWC model and images: GPU tensor cores (bf16; TF32 for fp32 convolutions) and oneDNN's
     # CPU kernels convolve NHWC natively; given NCHW, cuDNN transposes around every convolution,
@@ -108,7 +109,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     # Eager runs recompute BatchNorm -> ReLU outputs in the backward pass instead of storing
-    # them (emanet.recompute); compiled runs leave that choice to the compiler.
+    # them (emanet.fast.recompute); compiled runs leave that choice to the compiler.
     recompute_norm_relu: bool = True
     snapshot_bases: bool = False
 
@@ -236,7 +237,7 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 class _TrainStep(nn.Module):
     """``forward`` = the model's losses: DDP synchronises gradients through ``__call__`` only.
-    With ``recompute_norm_relu`` the pass stores less for backward (see emanet.recompute)."""
+    With ``recompute_norm_relu`` the pass stores less for backward (see emanet.fast.recompute)."""
 
     def __init__(self, model: EMANet, recompute_norm_relu: bool = False) -> None:
         super().__init__()
@@ -466,7 +467,7 @@ def validate(
     """mIoU of ``model`` on ``dataset`` as ``emanet eval`` scores it (shared across ranks).
 
     ``scale``: the test scale (default: the preset's). Returns the metrics of
-    :func:`~emanet.evaluate.evaluate_segmenter`.
+    :func:`~emanet.evaluation.evaluate.evaluate_segmenter`.
     """
     segmenter = Segmenter(model, CLASSES, PALETTE, device=device, test_scale=scale)
     return evaluate_segmenter(
@@ -604,7 +605,7 @@ def _write_results(
         meta={"iterations": iteration, "config": _config_to_json(config), "val": last_val},
     )
     try:
-        from .viz import plot_training_curves
+        from emanet.viz import plot_training_curves
 
         plot_training_curves(metrics_path).savefig(work_dir / "curves.png", dpi=100)
     except Exception as error:  # a plot must never lose a finished run
@@ -722,7 +723,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m emanet.train`` (what torchrun launches); ``emanet train`` is the same."""
+    """``python -m emanet.training.train`` (what torchrun launches); ``emanet train`` is the
+    same."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return run_from_args(args)

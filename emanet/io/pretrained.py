@@ -6,7 +6,8 @@ ResNetV1c weights trained on ImageNet, stored with the backbone's own key names 
 into the backbone only; the heads start from their own initialisation. From a random backbone
 the recipe ends tens of mIoU points below the model card.
 
-Files are fetched like every other checkpoint here (:func:`emanet.checkpoint.resolve_checkpoint`):
+Files are fetched like every other checkpoint here
+(:func:`emanet.io.checkpoint.resolve_checkpoint`):
 once, into torch.hub's cache, with the sha256 prefix in the file name checked, and read with
 ``weights_only=True``; an offline machine gets an error naming the URL and the cache folder.
 """
@@ -20,8 +21,8 @@ from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint
-from .runtime import unwrap
+from emanet.io.checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint
+from emanet.runtime.device import unwrap
 
 __all__ = ["PRETRAINED_BACKBONES", "BackboneReport", "load_backbone", "backbone_url"]
 
@@ -93,7 +94,7 @@ def load_backbone(
 
     Args:
         model: an :class:`~emanet.EMANet` (its ``backbone`` is loaded), a bare
-            :class:`~emanet.backbone.ResNetV1c`, or either inside DDP / ``torch.compile``.
+            :class:`~emanet.models.backbone.ResNetV1c`, or either inside DDP / ``torch.compile``.
         source: ``open-mmlab://resnet{18,50,101}_v1c``, an http(s)/file URL or a local path.
             The file may hold the tensors at its top level or under ``state_dict``, with or
             without a DDP ``module.`` prefix; a whole segmentor's file (``backbone.*`` keys)

@@ -2,7 +2,7 @@
 
 The content is written to a temporary file in the same folder (same file system, so the rename
 is atomic), then moved over the destination with ``os.replace``; an exception mid-write leaves
-the old file untouched and no temporary file behind. :func:`emanet.checkpoint.atomic_save` does
+the old file untouched and no temporary file behind. :func:`emanet.io.checkpoint.atomic_save` does
 the same for ``torch.save``; this is the form for writers that want a path (ONNX, PNG, JSON).
 """
 

@@ -3,13 +3,14 @@ autocast context, and that refuses a precision the device cannot run.
 
 Mixed precision here is PyTorch's autocast: convolutions and matmuls run in the lower
 precision, reductions, softmax and losses in float32, and the EM unit always iterates in float32
-(see :mod:`emanet.ema`). Weights stay float32.
+(see :mod:`emanet.models.ema`). Weights stay float32.
 
 On CUDA, bf16 and fp16 runs also let the float32 matmuls left inside autocast -- in practice the
 EM unit's -- use TF32 tensor cores (10-bit mantissa, three bits more than bf16): strict float32
 matmuls of the unit's skinny shapes ``(N x C) @ (C x K)`` run on the GPU's scalar units and made
 the unit a third of the whole bf16 forward pass. The unit splits its operands so that TF32
-products keep float32 accuracy (see :mod:`emanet.ema`). fp32 runs stay strict float32 everywhere.
+products keep float32 accuracy (see :mod:`emanet.models.ema`). fp32 runs stay strict float32
+everywhere.
 """
 
 from __future__ import annotations
