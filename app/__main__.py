@@ -12,8 +12,7 @@ import sys
 
 from emanet.cli import configure_logging
 from emanet.io.checkpoint import CheckpointError
-from emanet.runtime.device import add_runtime_arguments, resolve_device
-from emanet.runtime.precision import check_precision
+from emanet.runtime.device import add_runtime_arguments, check_runtime
 
 from . import build_demo  # importing the package switches Gradio's analytics off first
 
@@ -39,8 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configure_logging()
     try:
-        device = resolve_device(args.device)
-        check_precision(args.precision, device)
+        device, _ = check_runtime(args.device, args.precision)
     except ValueError as error:
         parser.error(str(error))
     try:

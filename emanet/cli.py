@@ -14,8 +14,7 @@ from emanet.data.cityscapes import DatasetError
 from emanet.deploy.onnx import ExportError
 from emanet.io.checkpoint import CheckpointError
 from emanet.io.images import ImageLoadError
-from emanet.runtime.device import add_runtime_arguments, resolve_device
-from emanet.runtime.precision import check_precision
+from emanet.runtime.device import add_runtime_arguments, check_runtime
 from emanet.training.train import TrainingDiverged
 
 __all__ = ["UsageError", "configure_logging", "main"]
@@ -322,9 +321,7 @@ def _check_runtime_options(args) -> None:
     if device is None and precision is None:
         return
     try:
-        resolved = resolve_device(device)
-        if precision is not None:
-            check_precision(precision, resolved)
+        check_runtime(device, precision)
     except ValueError as error:
         raise UsageError(str(error)) from None
 

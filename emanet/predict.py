@@ -37,14 +37,11 @@ from emanet.models.ema import EMTrace
 from emanet.models.presets import PRESETS, ModelPreset, get_preset
 from emanet.models.segmentor import EMANet, build_model
 from emanet.runtime.device import announce_compilation, compile_module, resolve_device
-from emanet.runtime.precision import PRECISIONS, autocast, check_precision
+from emanet.runtime.precision import DEFAULT_PRECISION, PRECISIONS, autocast, check_precision
 
-__all__ = ["DEFAULT_PRECISION", "Prediction", "Segmenter"]
+__all__ = ["Prediction", "Segmenter"]
 
 log = logging.getLogger(__name__)
-
-#: Inference runs in float32 unless asked otherwise: the official checkpoints' numerics.
-DEFAULT_PRECISION = "fp32"
 
 
 @dataclass

@@ -20,10 +20,10 @@ from PIL import Image
 from torch import nn
 
 from emanet.io import checkpoint as ckpt
+from emanet.io.atomic import atomic_save
 from emanet.io.checkpoint import (
     MODEL_ZOO,
     CheckpointError,
-    atomic_save,
     load_checkpoint,
     read_checkpoint,
     resolve_checkpoint,

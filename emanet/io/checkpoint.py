@@ -18,13 +18,11 @@ A ``module.`` prefix that DistributedDataParallel puts on every key is removed i
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import logging
 import os
 import pickle
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +37,13 @@ from torch import nn
 from emanet.models.presets import PRESETS, SMALL_PRESET
 from emanet.runtime.device import unwrap
 
+from .atomic import atomic_save
+
 __all__ = [
     "BUNDLED_CHECKPOINT",
     "MODEL_ZOO",
     "Checkpoint",
     "CheckpointError",
-    "atomic_save",
     "load_checkpoint",
     "read_checkpoint",
     "resolve_checkpoint",
@@ -491,46 +490,6 @@ def _listing(keys: list) -> str:
 # --------------------------------------------------------------------------------------------
 # Writing checkpoints
 # --------------------------------------------------------------------------------------------
-
-
-def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save(obj)`` to ``path`` so that ``path`` is always either the old or the new file.
-
-    The object is written to a temporary file in the same directory (same file system, so the
-    final rename is atomic), flushed and fsynced, then moved over ``path`` with ``os.replace``.
-    A crash or an exception mid-write leaves the old file untouched and no temporary file.
-    """
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    # os.open with 0o666 lets the umask decide the permissions, as for an ordinary file;
-    # tempfile.mkstemp would make every checkpoint private (0600).
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable; not possible (nor needed) on every platform."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def save_checkpoint(

@@ -41,7 +41,9 @@ from typing import IO
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageLoadError", "load_image"]
+from .atomic import atomic_write
+
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageLoadError", "load_image", "write_png"]
 
 log = logging.getLogger(__name__)
 
@@ -268,3 +270,23 @@ def _from_array(array: np.ndarray, name: str, max_pixels: int | None) -> Image.I
     if channels <= 2:
         return _grey_to_rgb(np.ascontiguousarray(values[..., 0]))
     return Image.fromarray(np.ascontiguousarray(values[..., :3]), "RGB")
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray, compress_level: int = 6) -> Path:
+    """Write an ``(H, W)`` (grey) or ``(H, W, 3)`` (RGB) uint8 array as a PNG file, atomically
+    (see :func:`emanet.io.atomic.atomic_write`); returns the path. Label maps keep their values
+    exactly (PNG is lossless)."""
+    array = np.asarray(array)
+    if (
+        array.dtype != np.uint8
+        or array.ndim not in (2, 3)
+        or array.ndim == 3
+        and array.shape[2] != 3
+    ):
+        raise ValueError(
+            f"write_png takes (H, W) or (H, W, 3) uint8, got {array.shape} {array.dtype}"
+        )
+    image = Image.fromarray(array)
+    return atomic_write(
+        path, lambda tmp: image.save(tmp, format="PNG", compress_level=compress_level)
+    )

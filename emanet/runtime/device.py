@@ -1,5 +1,6 @@
-"""Where and how a model runs: the device a name means, the cores a process may use, the wrapped
-module (DDP, ``torch.compile``) unwrapped, and compilation that says that it compiles.
+"""Where a model runs: the device a name means (and whether it can run a precision), the cores a
+process may use, the wrapped module (DDP, ``torch.compile``) unwrapped, compilation that says
+that it compiles, and what an out-of-memory error looks like on each device.
 
 ``"cuda"`` without an index means *this process's* GPU: under ``torchrun`` the one of its
 ``LOCAL_RANK``, otherwise the current CUDA device. ``torch.cuda.set_device("cuda")`` refuses a
@@ -14,10 +15,14 @@ import os
 import torch
 from torch import nn
 
+from .precision import DEFAULT_PRECISION, PRECISIONS, check_precision
+
 __all__ = [
     "add_runtime_arguments",
     "announce_compilation",
+    "check_runtime",
     "compile_module",
+    "is_out_of_memory",
     "resolve_device",
     "unwrap",
     "usable_cpus",
@@ -107,9 +112,6 @@ def announce_compilation(what: str) -> None:
 def add_runtime_arguments(parser, compile: bool = True) -> None:
     """Where and how a model runs: ``--device``, ``--precision`` (and ``--compile``), the same
     options for every command that runs a model (``emanet predict/eval``, ``python -m app``)."""
-    from emanet.predict import DEFAULT_PRECISION
-    from emanet.runtime.precision import PRECISIONS
-
     parser.add_argument(
         "--device", help="cpu, cuda (this process's GPU) or cuda:N (default: cuda if available)"
     )
@@ -125,3 +127,25 @@ def add_runtime_arguments(parser, compile: bool = True) -> None:
             action="store_true",
             help="torch.compile the model (the first image compiles)",
         )
+
+
+def check_runtime(device: str | None, precision: str | None) -> tuple[torch.device, str | None]:
+    """The device ``device`` names and ``precision``, checked: raises ``ValueError`` saying why
+    this machine cannot run them (the one check behind every command's ``--device`` and
+    ``--precision``)."""
+    resolved = resolve_device(device)
+    if precision is not None:
+        check_precision(precision, resolved)
+    return resolved, precision
+
+
+# What the CPU allocator says when it cannot allocate (CUDA raises torch.OutOfMemoryError).
+_CPU_OUT_OF_MEMORY = ("DefaultCPUAllocator: not enough memory", "can't allocate memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` means that a device ran out of memory: CUDA's ``OutOfMemoryError``,
+    the CPU allocator's ``RuntimeError`` or Python's ``MemoryError``."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and any(s in str(error) for s in _CPU_OUT_OF_MEMORY)

@@ -20,6 +20,7 @@ import contextlib
 import torch
 
 __all__ = [
+    "DEFAULT_PRECISION",
     "PRECISIONS",
     "autocast",
     "autocast_off",
@@ -29,6 +30,9 @@ __all__ = [
 ]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: Inference runs in float32 unless asked otherwise: the official checkpoints' numerics.
+DEFAULT_PRECISION = "fp32"
 
 
 def default_precision(device: torch.device | str) -> str:

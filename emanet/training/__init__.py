@@ -1,1 +1,6 @@
-"""emanet.training."""
+"""Training: the configuration (one source of every default; the command line is generated from
+it), the loop read top to bottom, the data stream, and the saved training state.
+
+May import every layer below it: runtime, fast, models, io, data, viz, predict, evaluation.
+``python -m emanet.training`` is what ``torchrun`` launches.
+"""

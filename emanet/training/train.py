@@ -37,7 +37,8 @@ from emanet.data.cityscapes import CLASSES, PALETTE, CityscapesDataset
 from emanet.data.transforms import TrainTransform
 from emanet.evaluation.evaluate import evaluate_segmenter
 from emanet.fast.recompute import RecomputeNormReLU
-from emanet.io.checkpoint import atomic_save, load_checkpoint, save_checkpoint
+from emanet.io.atomic import atomic_save
+from emanet.io.checkpoint import load_checkpoint, save_checkpoint
 from emanet.io.pretrained import load_backbone
 from emanet.models.presets import ModelPreset, get_preset
 from emanet.models.segmentor import EMANet, build_model

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from emanet import EMAttention, EMTrace
+from emanet.models.ema import em_attention
 
 
 def reference_em(x, bases, steps):
@@ -23,8 +24,8 @@ def reference_em(x, bases, steps):
     return recon.view(b, c, h, w), mu, z
 
 
-def make_unit(c=16, k=8, t=3, dtype=torch.float64):
-    unit = EMAttention(c, num_bases=k, num_iterations=t).to(dtype)
+def make_unit(c=16, k=8, t=3, dtype=torch.float64, fast=True):
+    unit = EMAttention(c, num_bases=k, num_iterations=t, fast=fast).to(dtype)
     return unit.eval()
 
 
@@ -35,9 +36,10 @@ def test_init_bases_unit_norm_and_shape():
     assert not unit.bases.requires_grad
 
 
+@pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("steps", [1, 3, 5])
-def test_matches_reference_float64(steps):
-    unit = make_unit(t=steps)
+def test_matches_reference_float64(steps, fast):
+    unit = make_unit(t=steps, fast=fast)
     x = torch.randn(2, 16, 5, 7, dtype=torch.float64) * 3
     expected, _, _ = reference_em(x, unit.bases, steps)
     torch.testing.assert_close(unit(x), expected, rtol=1e-10, atol=1e-10)
@@ -183,7 +185,8 @@ def reference_em_variant(x, bases, steps, lam=1.0, centered_cosine=False):
 
 
 def _unit_as_of_1392e09(x, bases, steps):
-    """The unit's code before inverse temperature existed: lambda = 1 must be this, bit for bit."""
+    """The unit's code before inverse temperature existed: lambda = 1 must be this, bit for bit,
+    with either implementation."""
     b, c, h, w = x.shape
     feats = x.reshape(b, c, h * w)
     mu = bases.expand(b, -1, -1)
@@ -195,19 +198,22 @@ def _unit_as_of_1392e09(x, bases, steps):
     return torch.bmm(mu, resp.transpose(1, 2)).view(b, c, h, w)
 
 
-def test_default_unit_is_bit_identical_to_the_unit_before_inverse_temperature():
-    unit = EMAttention(32, num_bases=8).eval()
+@pytest.mark.parametrize("fast", [True, False])
+def test_default_unit_is_bit_identical_to_the_unit_before_inverse_temperature(fast):
+    unit = EMAttention(32, num_bases=8, fast=fast).eval()
     x = torch.randn(2, 32, 6, 5) * 4
     expected = _unit_as_of_1392e09(x, unit.bases, 3)
     assert torch.equal(unit(x), expected)
     assert torch.equal(unit(x, inverse_temperature=1.0), expected)
 
 
+@pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize(
     ("lam", "centered"), [(0.25, False), (3.0, False), (0.25, True), (3.0, True), (40.0, True)]
 )
-def test_inverse_temperature_and_centered_cosine_match_reference(lam, centered):
-    unit = EMAttention(16, 8, inverse_temperature=lam, centered_cosine=centered).double().eval()
+def test_inverse_temperature_and_centered_cosine_match_reference(lam, centered, fast):
+    unit = EMAttention(16, 8, inverse_temperature=lam, centered_cosine=centered, fast=fast)
+    unit = unit.double().eval()
     x = torch.randn(2, 16, 5, 7, dtype=torch.float64) * 2 + 1
     expected, mu, z = reference_em_variant(x, unit.bases, 3, lam, centered)
     torch.testing.assert_close(unit(x), expected, rtol=1e-9, atol=1e-10)
@@ -292,12 +298,13 @@ def test_cuda_autocast_dtype_mix_reproduced_on_cpu(monkeypatch, dtype):
     torch.testing.assert_close(unit.bases, same.bases, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("autocast", [False, True])
-def test_the_unit_compiles_into_one_graph(autocast):
-    # A graph break inside the unit (once: an untraceable autocast check) made torch.compile
-    # re-trace the rest of forward on every call until its recompile limit, then run it eagerly.
+def test_the_unit_compiles_into_one_graph(autocast, fast):
+    # A graph break inside the unit makes torch.compile re-trace the rest of forward on every
+    # call until its recompile limit, then run it eagerly.
     torch._dynamo.reset()
-    unit = EMAttention(16, num_bases=4, num_iterations=2, centered_cosine=True).eval()
+    unit = EMAttention(16, num_bases=4, num_iterations=2, centered_cosine=True, fast=fast).eval()
     x = torch.randn(2, 16, 6, 5)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         explanation = torch._dynamo.explain(unit)(x)
@@ -305,118 +312,15 @@ def test_the_unit_compiles_into_one_graph(autocast):
     assert explanation.graph_count == 1
 
 
-def test_split_tf32_is_exact_and_hi_fits_tf32():
-    from emanet.models.ema import split_tf32
-
-    torch.manual_seed(0)
-    a = torch.randn(3, 64, 50) * torch.logspace(-20, 20, 50)
-    a[0, 0, :3] = torch.tensor([0.0, -0.0, 1.0])
-    hi, lo = split_tf32(a)
-    assert torch.equal(hi + lo, a)  # exact: no bit of `a` is lost
-    assert not (hi.view(torch.int32) & 0x1FFF).any()  # 10 mantissa bits left: exact in TF32
-    assert bool((lo.abs() <= a.abs() * 2.0**-10).all())
-    assert torch.equal(torch.sign(hi[a != 0]), torch.sign(a[a != 0]))
-    # bf16 and fp16 values are exact in TF32 already (why the unit skips their low part)
-    for dtype in (torch.bfloat16, torch.float16):
-        assert not split_tf32(a.clamp(-6e4, 6e4).to(dtype).float())[1].any()
-    # transposed views split the same as their contiguous copies
-    hi_t, lo_t = split_tf32(a.transpose(1, 2))
-    assert torch.equal(hi_t, hi.transpose(1, 2)) and torch.equal(lo_t, lo.transpose(1, 2))
-
-
-def _tf32_bmm(a, b, *, out=None):
-    """A CUDA TF32 matmul, emulated: operands rounded to nearest with 10 mantissa bits, products
-    summed exactly (float64), result in float32."""
-
-    def to_tf32(t):
-        bits = t.float().contiguous().view(torch.int32)
-        return ((bits + 0x1000) & -0x2000).view(torch.float32).double()
-
-    result = torch.matmul(to_tf32(a), to_tf32(b)).float()
-    return result if out is None else out.copy_(result)
-
-
-def _max_relative_error(result, expected):
-    return float((result.double() - expected).abs().max() / expected.abs().max())
-
-
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_split_products_recover_float32_accuracy_from_tf32(monkeypatch, channels_last):
-    # Plain TF32 products move the unit's output by ~1e-3 of its largest value (1.27e-3
-    # measured on an H200, and by this emulation at the R-50 head's size); split products must
-    # stay within 1e-3 with a wide margin.
-    import emanet.models.ema as ema_module
-
-    torch.manual_seed(0)
-    unit = EMAttention(512, num_bases=64, num_iterations=3).eval()
-    x = torch.randn(2, 512, 32, 48)
-    expected, _, _ = reference_em(x.double(), unit.bases.double(), 3)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-
-    def error(split):
-        monkeypatch.setattr(ema_module, "uses_tf32", lambda feats: split)
-        with monkeypatch.context() as m:
-            m.setattr(torch, "bmm", _tf32_bmm)
-            return _max_relative_error(unit(x), expected)
-
-    assert _max_relative_error(unit(x), expected) < 1e-5  # strict float32
-    plain, split = error(False), error(True)
-    assert plain > 4e-4  # the emulation does show TF32's error...
-    assert split < 1e-5  # ...and the split products remove it
-
-
-def test_split_products_skip_the_low_part_of_half_precision_features(monkeypatch):
-    # In a bf16 run the unit's input is bf16: exact in TF32, so only the bases' and the
-    # responsibilities' low parts are needed. (The unit's own output is then rounded to bf16.)
-    from emanet.models.ema import em_iterations, reconstruct
-
-    torch.manual_seed(0)
-    feats = torch.randn(2, 512, 32 * 48).bfloat16().float()
-    bases = EMAttention(512, num_bases=64).bases.expand(2, -1, -1)
-    x = feats.double().view(2, 512, 32, 48)
-    expected, _, _ = reference_em(x, bases[:1].double(), 3)
-    monkeypatch.setattr(torch, "bmm", _tf32_bmm)
-    errors = {}
-    for split in (False, True):
-        mu, z = em_iterations(feats, bases, 3, split=split, feats_exact_in_tf32=True)
-        errors[split] = _max_relative_error(reconstruct(mu, z, split).view_as(x), expected)
-    assert errors[False] > 4e-4
-    assert errors[True] < 1e-5
-
-
-def test_split_products_equal_plain_products_in_float32():
-    from emanet.models.ema import em_iterations, reconstruct
-
-    torch.manual_seed(0)
-    feats = torch.randn(2, 32, 40)
-    bases = F.normalize(torch.randn(2, 32, 8), dim=1)
-    for exact in (False, True):
-        mu_s, z_s = em_iterations(feats, bases, 3, split=True, feats_exact_in_tf32=exact)
-        mu_p, z_p = em_iterations(feats, bases, 3)
-        torch.testing.assert_close(mu_s, mu_p, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(z_s, z_p, rtol=1e-5, atol=1e-6)
-    for pixels_first in (False, True):
-        torch.testing.assert_close(
-            reconstruct(mu_p, z_p, split=True, pixels_first=pixels_first),
-            reconstruct(mu_p, z_p, pixels_first=pixels_first),
-            rtol=1e-5,
-            atol=1e-6,
-        )
-
-
-def test_split_products_compile_into_one_graph():
-    # The CUDA path of bf16/fp16 runs (split TF32 products) must not break torch.compile's graph.
-    from emanet.models.ema import em_iterations, reconstruct
-
-    torch._dynamo.reset()
-
-    def unit_maths(feats, bases):
-        mu, z = em_iterations(feats, bases, 2, split=True)
-        return reconstruct(mu, z, split=True, pixels_first=True)
-
-    feats, bases = torch.randn(2, 16, 30), F.normalize(torch.randn(2, 16, 4), dim=1)
-    explanation = torch._dynamo.explain(unit_maths)(feats, bases)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    compiled = torch.compile(unit_maths, backend="eager")
-    torch.testing.assert_close(compiled(feats, bases), unit_maths(feats, bases))
+def test_plain_function_reads_like_the_paper():
+    # em_attention on its own, against the float64 reference with the paper's M-step division
+    torch.manual_seed(3)
+    x = torch.randn(2, 16, 5, 7, dtype=torch.float64)
+    bases = F.normalize(torch.randn(1, 16, 8, dtype=torch.float64), dim=1)
+    trace = EMTrace()
+    recon, mu = em_attention(x, bases.expand(2, -1, -1), 4, 2.5, True, trace)
+    expected, expected_mu, z = reference_em_variant(x, bases, 4, 2.5, True)
+    torch.testing.assert_close(recon, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(mu, expected_mu, rtol=1e-10, atol=1e-12)
+    assert trace.num_iterations == 4
+    torch.testing.assert_close(trace.responsibilities[-1], z.transpose(1, 2).reshape(2, 8, 5, 7))
