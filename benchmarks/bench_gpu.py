@@ -54,14 +54,14 @@ from emanet.models.presets import get_preset
 from emanet.predict import Segmenter
 from emanet.runtime.device import resolve_device
 from emanet.runtime.precision import PRECISIONS
-from emanet.training.train import (
-    Run,
-    TrainConfig,
+from emanet.training.config import TrainConfig
+from emanet.training.loop import (
     build_optimizer,
     build_training_model,
     train_step,
     wrap_for_training,
 )
+from emanet.training.run import Run
 
 #: The model card (mmsegmentation, 4x V100, fp32): training memory per GPU (GB), inference fps.
 CARD = {

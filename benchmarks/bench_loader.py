@@ -1,6 +1,6 @@
 """Training-loader throughput per worker on Cityscapes-size (2048x1024) PNGs.
 
-Runs the trainer's own loader (emanet.training.train.build_loaders: imagecodecs PNG decoding where
+Runs the trainer's own loader (emanet.training.data.build_loaders: imagecodecs PNG decoding where
 it is
 installed, else torchvision.io; the random resize by torchvision's uint8 kernel, crop with
 cat_max_ratio, flip, colour parameters drawn per sample)
@@ -31,11 +31,13 @@ from pathlib import Path
 import torch
 from timing import median_time
 
-from emanet.data import cityscapes
 from emanet.data.toycity import generate_toycity
+from emanet.io import images
 from emanet.models.presets import get_preset
 from emanet.runtime.device import resolve_device
-from emanet.training.train import Run, TrainConfig, build_loaders
+from emanet.training.config import TrainConfig
+from emanet.training.data import build_loaders
+from emanet.training.run import Run
 
 PRESET = "emanet_r50-d8_512x1024_80k_cityscapes"
 
@@ -67,13 +69,13 @@ def loader_for(root: Path, workers: int, batch_size: int = 2, device: str = "cpu
 @contextlib.contextmanager
 def png_decoder(fast: bool):
     """The loader's PNG decoding with imagecodecs (``fast``, where installed) or without it."""
-    saved = cityscapes.imagecodecs
+    saved = images.imagecodecs
     if not fast:
-        cityscapes.imagecodecs = None  # what a machine without imagecodecs runs
+        images.imagecodecs = None  # what a machine without imagecodecs runs
     try:
         yield saved is not None and fast
     finally:
-        cityscapes.imagecodecs = saved
+        images.imagecodecs = saved
 
 
 def cpu_seconds_per_sample(root: Path, samples: int = 16, fast_png: bool = True) -> float:

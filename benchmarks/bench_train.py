@@ -1,6 +1,6 @@
 """Training throughput as `emanet train` runs it, and whether its loader keeps up.
 
-Builds everything with the trainer's own functions (emanet.training.train: build_training_model,
+Builds everything with the trainer's own functions (emanet.training: build_training_model,
 build_loaders, wrap_for_training, train_step), on a toy city (generated into a temporary folder
 unless --data is given), and measures in one run:
 
@@ -25,15 +25,15 @@ import torch
 
 from emanet.data.toycity import generate_toycity
 from emanet.models.presets import get_preset
-from emanet.training.train import (
-    TrainConfig,
-    build_loaders,
+from emanet.training.config import TrainConfig
+from emanet.training.data import build_loaders
+from emanet.training.loop import (
     build_optimizer,
     build_training_model,
-    setup_run,
     train_step,
     wrap_for_training,
 )
+from emanet.training.run import setup_run
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 The public API, re-exported here::
 
+    em_attention                         the EM iterations as the paper writes them
     EMAttention, EMTrace                 the EM attention unit and its per-iteration record
     build_model, EMANet, PRESETS         models named like mmsegmentation's configs
     load_checkpoint, save_checkpoint     mmsegmentation checkpoints and our own format
@@ -15,7 +16,7 @@ The public API, re-exported here::
 
 from emanet.deploy.flops import count_flops, model_cost
 from emanet.deploy.onnx import ExportError, export_onnx
-from emanet.evaluation.evaluate import InstanceIoUMetric, IoUMetric
+from emanet.evaluation import InstanceIoUMetric, IoUMetric
 from emanet.fast.fusion import optimize_for_inference
 from emanet.io.checkpoint import (
     MODEL_ZOO,
@@ -27,7 +28,7 @@ from emanet.io.checkpoint import (
 )
 from emanet.io.images import ImageLoadError, load_image
 from emanet.io.pretrained import BackboneReport, load_backbone
-from emanet.models.ema import EMAttention, EMTrace
+from emanet.models.ema import EMAttention, EMTrace, em_attention
 from emanet.models.presets import PRESETS, ModelPreset, get_preset
 from emanet.models.segmentor import EMANet, build_model
 from emanet.predict import Prediction, Segmenter
@@ -52,6 +53,7 @@ __all__ = [
     "Segmenter",
     "build_model",
     "count_flops",
+    "em_attention",
     "export_onnx",
     "get_preset",
     "load_backbone",

@@ -1,6 +1,9 @@
-"""The ``emanet`` command: predict, eval, train, toycity, data check, models, export.
+"""The ``emanet`` command: predict, eval, train, toycity, data check, models, export, app.
 
-Each subcommand is a thin layer over the library; ``emanet SUBCOMMAND --help`` lists options.
+Each subcommand is a thin layer over the library and imports what it needs when it runs;
+``emanet SUBCOMMAND --help`` lists its options. Errors a person can fix (an option, a file, a
+full disk, a batch too large for the device) are one line and exit status 2; any other error is
+a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,53 +13,35 @@ import json
 import logging
 import sys
 
-from emanet.data.cityscapes import DatasetError
-from emanet.deploy.onnx import ExportError
-from emanet.io.checkpoint import CheckpointError
-from emanet.io.images import ImageLoadError
-from emanet.runtime.device import add_runtime_arguments, check_runtime
-from emanet.training.train import TrainingDiverged
+from emanet.runtime.device import add_runtime_arguments, check_runtime, is_out_of_memory
+from emanet.runtime.errors import UserError
+from emanet.runtime.logs import configure_logging
+from emanet.training.config import build_parser as build_train_parser
 
-__all__ = ["UsageError", "configure_logging", "main"]
+__all__ = ["UsageError", "build_parser", "main"]
 
 log = logging.getLogger(__name__)
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """An option this machine cannot honour (``--device cuda`` without a GPU, ...)."""
 
 
-# What a person can fix (an option, a checkpoint, an image, a dataset, a path, an export, a
-# diverged run): reported in one line, exit code 2. Anything else is a bug in this package and
-# surfaces as a traceback.
-USER_ERRORS = (
-    UsageError,
-    CheckpointError,
-    ImageLoadError,
-    DatasetError,
-    ExportError,
-    TrainingDiverged,
-    OSError,
-)
-
-
-def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="segment images; write colour masks and overlays")
-    p.add_argument(
-        "images", nargs="+", help="image files, folders (recursive) or quoted globs ('a/**/*.jpg')"
-    )
+def _add_model_options(p) -> None:
+    """The options of every subcommand that runs a model."""
     p.add_argument("--model", help="zoo name, URL or checkpoint path (default: bundled model)")
     p.add_argument("--preset", help="preset for an mmsegmentation checkpoint file")
-    p.add_argument("--out", required=True, help="output folder (mirrors the input folders)")
+    p.add_argument(
+        "--scale",
+        type=int,
+        nargs=2,
+        metavar=("LONG", "SHORT"),
+        help="test scale (default: the one the checkpoint records, else its preset's)",
+    )
     p.add_argument("--iterations", type=int, help="EM iterations at test time")
     p.add_argument("--aug-test", action="store_true", help="multi-scale + flip")
     p.add_argument("--mode", choices=("whole", "slide"))
-    p.add_argument("--opacity", type=float, default=0.5)
-    p.add_argument(
-        "--batch-size", type=int, help="images of one size per forward pass (default: by device)"
-    )
     add_runtime_arguments(p)
-    p.set_defaults(func=_predict)
 
 
 def _segmenter(args):
@@ -68,7 +53,22 @@ def _segmenter(args):
         device=args.device,
         precision=args.precision,
         compile=args.compile,
+        test_scale=args.scale,
     )
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="segment images; write colour masks and overlays")
+    p.add_argument(
+        "images", nargs="+", help="image files, folders (recursive) or quoted globs ('a/**/*.jpg')"
+    )
+    p.add_argument("--out", required=True, help="output folder (mirrors the input folders)")
+    _add_model_options(p)
+    p.add_argument("--opacity", type=float, default=0.5)
+    p.add_argument(
+        "--batch-size", type=int, help="images of one size per forward pass (default: by device)"
+    )
+    p.set_defaults(func=_predict)
 
 
 def _predict(args) -> int:
@@ -77,12 +77,11 @@ def _predict(args) -> int:
     try:
         jobs = find_images(args.images)
     except FileNotFoundError as error:
-        raise SystemExit(f"emanet predict: {error}") from None
+        raise UsageError(f"emanet predict: {error}") from None
     if args.batch_size is not None and args.batch_size < 1:
-        raise SystemExit(f"emanet predict: --batch-size must be >= 1, got {args.batch_size}")
-    segmenter = _segmenter(args)
+        raise UsageError(f"emanet predict: --batch-size must be >= 1, got {args.batch_size}")
     summary = predict_images(
-        segmenter,
+        _segmenter(args),
         jobs,
         args.out,
         batch_size=args.batch_size,
@@ -96,19 +95,14 @@ def _predict(args) -> int:
 
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="mIoU (and iIoU) on a Cityscapes-layout dataset")
-    p.add_argument("--model", help="zoo name, URL or checkpoint path (default: bundled model)")
-    p.add_argument("--preset", help="preset for an mmsegmentation checkpoint file")
     p.add_argument("--data", required=True, help="dataset root (leftImg8bit/, gtFine/)")
     p.add_argument("--split", default="val")
-    p.add_argument("--mode", choices=("whole", "slide"))
-    p.add_argument("--aug-test", action="store_true", help="multi-scale + flip")
-    p.add_argument("--iterations", type=int, help="EM iterations at test time")
+    _add_model_options(p)
     p.add_argument("--max-images", type=int)
     p.add_argument("--save-pred", help="folder for trainId PNGs")
     p.add_argument("--cityscapes-format", help="folder for labelId PNGs (official scripts)")
     p.add_argument("--out", help="JSON file for the metrics (with the confusion matrix)")
     p.add_argument("--plots", help="folder for confusion.png and per_class_iou.png")
-    add_runtime_arguments(p)
     p.set_defaults(func=_eval)
 
 
@@ -118,10 +112,9 @@ def _eval(args) -> int:
     from emanet.io.atomic import atomic_write_text
 
     segmenter = _segmenter(args)
-    dataset = CityscapesDataset(args.data, args.split)
     report = evaluate_segmenter(
         segmenter,
-        dataset,
+        CityscapesDataset(args.data, args.split),
         mode=args.mode,
         aug_test=args.aug_test,
         num_iterations=args.iterations,
@@ -136,21 +129,24 @@ def _eval(args) -> int:
     if args.plots:
         from emanet.evaluation.plots import write_eval_plots
 
-        classes = metrics["classes"]
-        iou = [metrics["IoU"][name] for name in classes]
+        iou = [metrics["IoU"][name] for name in metrics["classes"]]
         written = write_eval_plots(
-            args.plots, metrics["confusion"], iou, classes, palette=segmenter.palette
+            args.plots, metrics["confusion"], iou, metrics["classes"], palette=segmenter.palette
         )
         log.info("plots written: %s", ", ".join(str(path) for path in written))
     return 0
 
 
 def _add_train(sub) -> None:
-    from emanet.training.train import build_parser, run_from_args
-
     p = sub.add_parser("train", help="train a preset (single process or under torchrun)")
-    build_parser(p)
-    p.set_defaults(func=run_from_args)
+    build_train_parser(p)
+    p.set_defaults(func=_train)
+
+
+def _train(args) -> int:
+    from emanet.training.loop import run_from_args
+
+    return run_from_args(args)
 
 
 def _add_toycity(sub) -> None:
@@ -170,21 +166,17 @@ def _toycity(args) -> int:
     try:
         height, width = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
-        raise SystemExit(
+        raise UsageError(
             f"emanet toycity: --size must look like 256x512, got {args.size!r}"
         ) from None
     if min(height, width) < MIN_SIZE:
-        raise SystemExit(
+        raise UsageError(
             f"emanet toycity: --size must be at least {MIN_SIZE}x{MIN_SIZE}, got {args.size!r}"
         )
     root = generate_toycity(
-        args.root,
-        train=args.train,
-        val=args.val,
-        test=args.test,
-        size=(height, width),
+        args.root, train=args.train, val=args.val, test=args.test, size=(height, width),
         seed=args.seed,
-    )
+    )  # fmt: skip
     log.info("synthetic toy city written to %s", root)
     return 0
 
@@ -237,7 +229,6 @@ def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a model to ONNX (needs the 'export' extra)")
     p.add_argument("model", help="'bundled', a zoo name, a URL or a checkpoint path")
     p.add_argument("--preset", help="preset for an mmsegmentation checkpoint file")
-    p.add_argument("--format", choices=("onnx",), default="onnx")
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--height", type=int, help="input height (default: the test setting's)")
     p.add_argument("--width", type=int, help="input width (default: the test setting's)")
@@ -261,25 +252,17 @@ def _export(args) -> int:
     from emanet.deploy.onnx import default_export_size, export_onnx, onnxruntime_difference
     from emanet.predict import Segmenter
 
-    if not args.verbose:
-        # The exporter's passes log every rewrite at INFO.
+    if not args.verbose:  # the exporter's passes log every rewrite at INFO
         for name in ("onnxscript", "onnx_ir", "torch.onnx"):
             logging.getLogger(name).setLevel(logging.WARNING)
     name = None if args.model == "bundled" else args.model
     segmenter = Segmenter.from_pretrained(name, preset=args.preset, device="cpu", fast=False)
     model = segmenter.model
     path = export_onnx(
-        model,
-        args.out,
-        height=args.height,
-        width=args.width,
-        batch_size=args.batch_size,
-        dynamic=args.dynamic,
-        num_iterations=args.iterations,
-        mode=args.mode,
-        classes=segmenter.classes,
-        palette=segmenter.palette,
-    )
+        model, args.out, height=args.height, width=args.width, batch_size=args.batch_size,
+        dynamic=args.dynamic, num_iterations=args.iterations, mode=args.mode,
+        classes=segmenter.classes, palette=segmenter.palette,
+    )  # fmt: skip
     log.info("wrote %s", path)
     if args.no_check or importlib.util.find_spec("onnxruntime") is None:
         return 0
@@ -290,29 +273,37 @@ def _export(args) -> int:
     return 0
 
 
+def _add_app(sub) -> None:
+    # The app's own options (see `emanet app --help`): it parses them itself.
+    p = sub.add_parser(
+        "app",
+        help="the segmentation and EM attention explorer in a browser ('app' extra)",
+        add_help=False,
+    )
+    p.set_defaults(func=_app)
+
+
+def _app(args) -> int:
+    try:
+        from emanet.app.__main__ import main as app_main
+    except ImportError as error:
+        raise UsageError(
+            f"emanet app needs the app's packages ({error}): pip install 'emanet[app]'"
+        ) from None
+    app_main(args.argv, prog="emanet app")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emanet", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (
-        _add_predict,
-        _add_eval,
-        _add_train,
-        _add_toycity,
-        _add_data,
-        _add_models,
-        _add_export,
-    ):
+        _add_predict, _add_eval, _add_train, _add_toycity, _add_data, _add_models, _add_export,
+        _add_app,
+    ):  # fmt: skip
         add(sub)
     return parser
-
-
-def configure_logging(verbose: bool = False) -> None:
-    """The command-line format for every ``emanet.*`` (and ``app.*``) logger."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
 
 
 def _check_runtime_options(args) -> None:
@@ -327,14 +318,26 @@ def _check_runtime_options(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "app":
+        args.argv = rest  # the app parses its own options
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     configure_logging(args.verbose)
     try:
         _check_runtime_options(args)
         return args.func(args)
-    except USER_ERRORS as error:
-        # -v: the traceback too, for a report.
-        log.error("%s", error, exc_info=args.verbose)
+    except (UserError, OSError) as error:
+        log.error("%s", error, exc_info=args.verbose)  # -v: the traceback too, for a report
+        return 2
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        log.error(
+            "out of memory in `emanet %s` (%s); use a smaller --batch-size or --scale, or free "
+            "memory", args.command, str(error).splitlines()[0][:200],
+        )  # fmt: skip
         return 2
 
 

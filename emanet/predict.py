@@ -18,22 +18,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from emanet.data.cityscapes import CLASSES, PALETTE, palette_lut
 from emanet.data.transforms import preprocess_test_image
 from emanet.fast.fusion import optimize_for_inference
-from emanet.io.checkpoint import (
-    BUNDLED_CHECKPOINT,
-    MODEL_ZOO,
-    Checkpoint,
-    CheckpointError,
-    read_checkpoint,
-    resolve_checkpoint,
-)
+from emanet.io.checkpoint import Checkpoint, read_checkpoint
+from emanet.io.hub import BUNDLED_CHECKPOINT, MODEL_ZOO, CheckpointError, resolve_checkpoint
 from emanet.io.images import load_image
 from emanet.models.ema import EMTrace
+from emanet.models.heads import resize_logits
 from emanet.models.presets import PRESETS, ModelPreset, get_preset
 from emanet.models.segmentor import EMANet, build_model
 from emanet.runtime.device import announce_compilation, compile_module, resolve_device
@@ -152,6 +146,7 @@ class Segmenter:
         progress: bool = True,
         precision: str = DEFAULT_PRECISION,
         compile: bool = False,
+        test_scale: Sequence[int] | None = None,
     ) -> Segmenter:
         """Load a model by zoo name, URL, our checkpoint or an mmsegmentation checkpoint.
 
@@ -161,7 +156,8 @@ class Segmenter:
         ``preset`` (otherwise it is inferred from the depth, with the 512x1024 test settings).
         ``device``, ``fast``, ``precision`` and ``compile`` are :class:`Segmenter`'s. The file is
         read once; its class names and palette (checked when it is read) come with the model,
-        else the Cityscapes ones.
+        else the Cityscapes ones, and so does its test scale: the one our checkpoints record
+        (the scale their training validated at), else the preset's; ``test_scale`` overrides it.
         """
         options = dict(device=device, fast=fast, precision=precision, compile=compile)
         if name_or_path is None:
@@ -175,7 +171,8 @@ class Segmenter:
         checkpoint = read_checkpoint(resolve_checkpoint(name_or_path, progress=progress))
         model = build_model(get_preset(preset or checkpoint.preset or _infer_preset(checkpoint)))
         checkpoint.load_into(model)
-        return cls(model, *_classes_palette(checkpoint), **options)
+        test_scale = test_scale or checkpoint.test_scale
+        return cls(model, *_classes_palette(checkpoint), test_scale=test_scale, **options)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """Upright RGB PIL image -> ``(1, 3, h, w)`` model input on the device.
@@ -202,6 +199,11 @@ class Segmenter:
             self._compile_announced = True
         with autocast(self.precision, self.device):
             return self._net.inference(x, **options)
+
+    def _at_size(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``(B, classes, h, w)`` logits resized to the image's ``size`` in float32, as the model
+        resizes its own (the argmax of the result is the labels)."""
+        return resize_logits(logits.float(), size, self.preset.align_corners)
 
     @torch.inference_mode()
     def __call__(
@@ -241,10 +243,7 @@ class Segmenter:
             aug_test=aug_test,
             inverse_temperature=inverse_temperature,
         )
-        size = (picture.height, picture.width)
-        logits = F.interpolate(
-            logits.float(), size=size, mode="bilinear", align_corners=self.preset.align_corners
-        )
+        logits = self._at_size(logits, (picture.height, picture.width))
         labels = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
         probabilities = None
         if return_probabilities:
@@ -301,10 +300,7 @@ class Segmenter:
             aug_test=aug_test,
             inverse_temperature=inverse_temperature,
         )
-        size = (pictures[0].height, pictures[0].width)
-        logits = F.interpolate(
-            logits.float(), size=size, mode="bilinear", align_corners=self.preset.align_corners
-        )
+        logits = self._at_size(logits, (pictures[0].height, pictures[0].width))
         labels = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
         return [
             Prediction(

@@ -1,3 +1,13 @@
+"""The tests mirror the package: ``tests/<subpackage>/test_<module>.py`` for
+``emanet/<subpackage>/<module>.py``, and ``tests/test_<module>.py`` for the top-level modules
+(``predict``, ``cli``). Small modules are tested through the module that uses them:
+``io/keys.py`` in ``io/test_checkpoint.py`` and ``io/test_pretrained.py``, ``runtime/errors.py``
+and ``runtime/logs.py`` in ``test_cli.py``, ``training/run.py`` in ``training/test_loop.py``.
+Beside them: ``app/`` (the Gradio app, in-process, over HTTP and in a browser),
+``test_notebooks.py``, ``test_docs.py``, ``test_layout.py`` (the layers), ``test_packaging.py``,
+and ``test_cuda.py`` (the GPU path, skipped without CUDA). Shared fixtures are below.
+"""
+
 import os
 import socket
 
@@ -59,10 +69,10 @@ def run_gloo():
 
 @pytest.fixture
 def train_interrupted(monkeypatch):
-    """``train_interrupted(config)``: :func:`emanet.training.train.train` on ``config`` stopped by a
+    """``train_interrupted(config)``: :func:`emanet.training.loop.train` on ``config`` stopped by a
     simulated crash (``KeyboardInterrupt``) at iteration 2, after its checkpoint there; the caller
     then resumes the run from ``config.work_dir``."""
-    from emanet.training import train as train_module
+    from emanet.training import loop as train_module
 
     real = train_module.poly_lr
 

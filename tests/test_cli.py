@@ -161,3 +161,77 @@ def test_eval_confusion_matrix_agrees_with_metrics_and_plots(checkpoint, city, t
     for name in ("confusion.png", "per_class_iou.png"):
         with Image.open(plots / name) as figure:
             assert figure.format == "PNG" and min(figure.size) > 300
+
+
+def test_the_checkpoint_scale_is_the_default_and_scale_overrides_it(checkpoint, tmp_path):
+    # predict: the test scale recorded in the checkpoint decides the model's input size
+    image = tmp_path / "in.png"
+    Image.fromarray(np.zeros((100, 300, 3), np.uint8)).save(image)
+    model = build_model("emanet_r18-d8_toycity")
+    scaled = tmp_path / "scaled.pth"
+    save_checkpoint(scaled, model, preset=model.preset.name, classes=list(CLASSES),
+                    palette=list(PALETTE), test_scale=(150, 50))  # fmt: skip
+    seen = []
+
+    def record(self, x, **options):
+        seen.append(tuple(x.shape[-2:]))
+        return torch.zeros(x.shape[0], 19, *x.shape[-2:])
+
+    from emanet.predict import Segmenter
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Segmenter, "infer", record)
+        for extra in ([], ["--scale", "600", "200"]):
+            args = ["predict", str(image), "--model", str(scaled), "--out", str(tmp_path / "o")]
+            assert main([*args, *extra]) == 0
+    assert seen == [(50, 150), (200, 600)]
+
+
+def test_a_full_output_disk_is_one_line_and_exit_2(checkpoint, tmp_path, caplog, monkeypatch):
+    import errno
+
+    from emanet.io import atomic
+
+    def full(tmp, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "replace", full)
+    image = tmp_path / "in.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(image)
+    code = main(["predict", str(image), "--model", str(checkpoint), "--out", str(tmp_path / "o")])
+    assert code == 2
+    record = caplog.records[-1]
+    assert "No space left on device" in record.message and "\n" not in record.message
+    assert not record.exc_info and "o/in_" in record.message  # names the file
+
+
+def test_out_of_memory_in_a_command_is_one_line(checkpoint, city, caplog, monkeypatch):
+    from emanet.predict import Segmenter
+
+    def too_big(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(Segmenter, "__call__", too_big)
+    assert main(["eval", "--model", str(checkpoint), "--data", str(city)]) == 2
+    message = caplog.records[-1].message
+    assert "out of memory" in message and "--batch-size" in message and "\n" not in message
+
+
+def test_app_subcommand_hands_its_options_to_the_app(monkeypatch):
+    calls = []
+    import emanet.app.__main__ as app_main
+
+    monkeypatch.setattr(app_main, "main", lambda argv, prog: calls.append((argv, prog)))
+    assert main(["app", "--port", "7999", "--share"]) == 0
+    assert calls == [(["--port", "7999", "--share"], "emanet app")]
+
+
+def test_models_does_not_load_the_trainer():
+    import subprocess
+    import sys
+
+    code = "import sys, emanet.cli; emanet.cli.main(['models']); print(sorted(sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert "emanet.training.loop" not in loaded.stdout and "gradio" not in loaded.stdout

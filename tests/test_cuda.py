@@ -15,7 +15,8 @@ from emanet.cli import main
 from emanet.data.toycity import generate_toycity, render_scene
 from emanet.predict import BUNDLED_CHECKPOINT, Segmenter
 from emanet.runtime.device import resolve_device
-from emanet.training.train import TrainConfig, train
+from emanet.training.config import TrainConfig
+from emanet.training.loop import train
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"
@@ -187,11 +188,11 @@ def test_pointwise_products_on_cuda_agree_with_convolutions(precision):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_memory_levers_on_cuda_give_the_same_training_step(precision):
-    # emanet.models.loss (CUDA's float32 softmax of bf16 input, upsampling backward) and
+    # emanet.fast.loss (CUDA's float32 softmax of bf16 input, upsampling backward) and
     # emanet.fast.recompute (cuDNN BatchNorm recomputed in backward): the same gradients as the
     # plain forward pass, and less memory at the step's peak.
+    from emanet.fast.loss import upsampled_cross_entropy
     from emanet.fast.recompute import RecomputeNormReLU
-    from emanet.models.loss import upsampled_cross_entropy
 
     torch.manual_seed(0)
     model = build_model("emanet_r50-d8_512x1024_80k_cityscapes").cuda().train()

@@ -8,7 +8,6 @@ from PIL import Image
 
 from emanet import build_model
 from emanet.data.cityscapes import CLASSES, PALETTE
-from emanet.data.transforms import TestTransform as EvalTransform  # not a pytest class
 from emanet.data.transforms import preprocess_test_image
 from emanet.io import checkpoint as checkpoint_module
 from emanet.io.checkpoint import CheckpointError, save_checkpoint
@@ -184,11 +183,27 @@ def test_malformed_checkpoint_palette_is_ignored_at_load(tmp_path, trained, capl
 
 
 def test_preprocess_is_the_test_pipeline(segmenter):
-    """Segmenter, TestTransform (and through the Segmenter, validation and eval) feed the
-    model the same tensor: the one test-time preprocessing function."""
+    """The Segmenter (and through it, validation and eval) feeds the model what the one
+    test-time preprocessing function makes of the image, at its test scale."""
+    custom = Segmenter(segmenter.model, device="cpu", test_scale=(200, 100))
     for height, width in ((60, 90), (300, 97), (256, 512), (1, 700)):
         image = Image.fromarray(photo(height, width, seed=height))
-        expected = preprocess_test_image(image, segmenter.preset.test_scale)
-        torch.testing.assert_close(segmenter.preprocess(image)[0], expected, rtol=0, atol=0)
-        transformed, _ = EvalTransform(segmenter.preset.test_scale)(image)
-        torch.testing.assert_close(transformed, expected, rtol=0, atol=0)
+        for seg in (segmenter, custom):
+            expected = preprocess_test_image(image, seg.test_scale)
+            torch.testing.assert_close(seg.preprocess(image)[0], expected, rtol=0, atol=0)
+
+
+def test_the_test_scale_travels_with_the_checkpoint(tmp_path, trained):
+    options = dict(preset=trained.preset.name, classes=CLASSES, palette=PALETTE)
+    recorded = save_checkpoint(tmp_path / "a.pth", trained, test_scale=(200, 100), **options)
+    assert Segmenter.from_pretrained(recorded, device="cpu").test_scale == (200, 100)
+    given = Segmenter.from_pretrained(recorded, device="cpu", test_scale=(64, 32))
+    assert given.test_scale == (64, 32)
+    # files without a recorded scale, ours or mmseg's, use their preset's
+    plain = save_checkpoint(tmp_path / "b.pth", trained, **options)
+    assert Segmenter.from_pretrained(plain, device="cpu").test_scale == (512, 256)
+    torch.save({"state_dict": trained.state_dict()}, tmp_path / "mm.pth")
+    mmseg = Segmenter.from_pretrained(tmp_path / "mm.pth", preset=trained.preset.name, device="cpu")
+    assert mmseg.test_scale == (512, 256)
+    image = Image.fromarray(photo(300, 600))
+    assert Segmenter.from_pretrained(recorded, device="cpu")(image).input_size == (100, 200)

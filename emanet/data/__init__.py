@@ -1,6 +1,12 @@
-"""Cityscapes data: label table, dataset over the official layout, pipelines, a synthetic city."""
+"""Cityscapes data: the label table, a dataset over the official layout, the training and test
+pipelines of mmsegmentation's config, and a synthetic city written in that layout.
 
-from emanet.data.cityscapes import (
+May import :mod:`emanet.runtime`, :mod:`emanet.fast`, :mod:`emanet.models` and :mod:`emanet.io`
+(image files are decoded and written by :mod:`emanet.io.images`). ``cityscapes.py`` is the
+label table and the dataset, ``transforms.py`` the pipelines, ``toycity.py`` the synthetic city.
+"""
+
+from .cityscapes import (
     CLASSES,
     IGNORE_INDEX,
     INSTANCE_CLASSES,
@@ -15,7 +21,7 @@ from emanet.data.cityscapes import (
     palette_lut,
     train_ids_to_label_ids,
 )
-from emanet.data.toycity import generate_toycity
+from .toycity import generate_toycity
 
 __all__ = [
     "CLASSES",

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
-import warnings
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import io as tv_io
 
-try:  # optional: the fastest PNG decoder we know of for the training loader (see _decode_png)
-    import imagecodecs
-except ImportError:  # pragma: no cover - exercised by monkeypatching in the tests
-    imagecodecs = None
+from emanet.io.images import read_label, read_rgb
+from emanet.runtime.errors import UserError
 
 __all__ = [
     "Label",
@@ -55,7 +49,7 @@ log = logging.getLogger(__name__)
 IGNORE_INDEX = 255
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset file holds what it must not (a label map of the wrong kind or size);
     the message names the file. Missing or unreadable files raise ``OSError`` instead."""
 
@@ -163,7 +157,7 @@ def _apply_lut(lut: np.ndarray, values, outside: int) -> np.ndarray:
     """
     values = np.asarray(values)
     if values.dtype == np.uint8:
-        return np.take(lut, values)  # lut[values], in 60 % of the time on a 2048x1024 map
+        return np.take(lut, values)  # the same as lut[values], faster
     if not np.issubdtype(values.dtype, np.integer):
         raise TypeError(f"label maps must hold integers, got dtype {values.dtype}")
     inside = (values >= 0) & (values <= 255)
@@ -201,17 +195,6 @@ _VALID_TRAIN_IDS[[*range(len(CLASSES)), IGNORE_INDEX]] = True
 for _table in (_VALID_LABEL_IDS, _VALID_TRAIN_IDS):
     _table.flags.writeable = False
 
-# What Pillow's decoders raise on broken files (truncated data, bad chunks, bad CRCs, bombs).
-_DECODE_ERRORS = (
-    OSError,
-    ValueError,
-    SyntaxError,
-    EOFError,
-    struct.error,
-    zlib.error,
-    Image.DecompressionBombError,
-)
-
 
 def _stem(image: Path) -> str:
     """``{city}_{seq}_{frame}`` of a ``_leftImg8bit.png`` path."""
@@ -225,92 +208,6 @@ def _gt_base(root: Path, split: str, image: Path) -> Path:
 
 def _with_suffix(base: Path, suffix: str) -> Path:
     return base.with_name(base.name + suffix)
-
-
-def _read(path: Path, mode: str | None = None) -> np.ndarray:
-    """Fully decode an image file into an array; failures raise an OSError naming the file.
-
-    ``mode`` converts first (e.g. ``"RGB"``); ``None`` keeps the stored values (label maps).
-    """
-    try:
-        with Image.open(path) as image:
-            if mode is not None and image.mode != mode:
-                image = image.convert(mode)
-            return np.array(image)  # forces the full decode, so truncation shows up here
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} does not exist") from None
-    except _DECODE_ERRORS as error:
-        raise OSError(f"cannot read {path}: {error}") from error
-
-
-# torchvision 0.29 deprecates its image decoders; a release without them falls back to Pillow.
-_TV_DECODERS = all(hasattr(tv_io, n) for n in ("decode_image", "read_file", "ImageReadMode"))
-
-
-def _decode(path: Path, rgb: bool) -> torch.Tensor | None:
-    """torchvision.io's decoder (libpng/libjpeg, a third faster than Pillow on Cityscapes'
-    PNGs): ``(C, H, W)``, or ``None`` where it cannot help (a file it cannot read, missing or
-    damaged, which :func:`_read` then reports; a torchvision without it)."""
-    if not _TV_DECODERS:
-        return None
-    mode = tv_io.ImageReadMode.RGB if rgb else tv_io.ImageReadMode.UNCHANGED
-    try:
-        with warnings.catch_warnings():
-            # torchvision 0.29 deprecates its decoders in favour of TorchCodec (an FFmpeg
-            # dependency); they still work, and Pillow takes over once they are gone.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return tv_io.decode_image(tv_io.read_file(str(path)), mode=mode)
-    except (RuntimeError, OSError, ValueError):
-        return None
-
-
-#: PNG colour types (IHDR byte 25) the fast path decodes: 0 = grey, 2 = RGB (8 bits each).
-_PNG_GREY, _PNG_RGB = 0, 2
-
-
-def _decode_png(path: Path, colour_type: int) -> np.ndarray | None:
-    """imagecodecs' PNG decoder (libpng with zlib-ng: ~30 % less CPU than torchvision.io on
-    Cityscapes' 2048x1024 PNGs, the loader's largest cost) for an 8-bit PNG of ``colour_type``:
-    ``(H, W, 3)`` for RGB, ``(H, W)`` for grey. ``None`` where it cannot help (imagecodecs not
-    installed, another format or bit depth, a file it cannot read), and the other decoders run.
-    PNG is lossless: every decoder gives the same values (``tests/test_cityscapes.py``)."""
-    if imagecodecs is None:
-        return None
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    # Signature, IHDR length and type, width, height, bit depth (byte 24), colour type (25).
-    if len(data) < 33 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[24:26] != bytes((8, colour_type)):
-        return None
-    try:
-        return imagecodecs.png_decode(data)
-    except (RuntimeError, ValueError, MemoryError):
-        return None
-
-
-def _read_rgb(path: Path) -> torch.Tensor:
-    """``(3, H, W)`` uint8 RGB of an image file (imagecodecs for 8-bit RGB PNGs, else
-    torchvision.io, else Pillow)."""
-    fast = _decode_png(path, _PNG_RGB)
-    if fast is not None and fast.ndim == 3 and fast.shape[2] == 3:
-        return torch.from_numpy(fast).permute(2, 0, 1)
-    data = _decode(path, rgb=True)
-    if data is not None and data.dtype == torch.uint8 and data.shape[0] == 3:
-        return data
-    return torch.from_numpy(_read(path, "RGB")).permute(2, 0, 1)
-
-
-def _read_values(path: Path) -> np.ndarray:
-    """The stored values of a label file: ``(H, W)`` for a one-channel 8-bit PNG; palette
-    indices, 16-bit or several channels as Pillow gives them (the caller checks them)."""
-    fast = _decode_png(path, _PNG_GREY)
-    if fast is not None and fast.ndim == 2 and fast.dtype == np.uint8:
-        return fast
-    data = _decode(path, rgb=False)
-    if data is not None and data.dtype == torch.uint8 and data.shape[0] == 1:
-        return data[0].numpy()
-    return _read(path)
 
 
 def _find_images(image_dir: Path) -> list[Path]:
@@ -386,7 +283,7 @@ class CityscapesDataset(Dataset):
                 other than 0-18 and 255 (the message names the file).
         """
         path = self.labels[index]
-        values = _read_values(path)
+        values = read_label(path)
         if values.ndim != 2 or not np.issubdtype(values.dtype, np.integer):
             raise DatasetError(
                 f"{path}: a label map must be one channel of integers, "
@@ -406,12 +303,12 @@ class CityscapesDataset(Dataset):
 
     def load_pair(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Image ``index`` as ``(3, H, W)`` uint8 RGB and its ``(H, W)`` uint8 trainIds, as
-        tensors (decoded by torchvision.io; what the trainer reads).
+        tensors (decoded by :func:`emanet.io.images.read_rgb`; what the trainer reads).
 
         Raises:
             OSError, DatasetError: as :meth:`load_label`, or the two sizes differ.
         """
-        image = _read_rgb(self.images[index])
+        image = read_rgb(self.images[index])
         label = self.load_label(index)
         if tuple(image.shape[1:]) != label.shape:
             raise DatasetError(
@@ -471,7 +368,7 @@ class DatasetReport:
 def _check_label(path: Path, image_size: tuple[int, int] | None, valid: np.ndarray) -> list[str]:
     """Problems of one label file: unreadable, not one channel, wrong size, invalid values."""
     try:
-        values = _read(path)
+        values = read_label(path)
     except OSError as error:
         return [str(error)]
     if values.ndim != 2:
@@ -512,7 +409,7 @@ def _check_split(root: Path, split: str, report: DatasetReport) -> None:
             continue
         pairs += 1
         try:
-            size = _read(image).shape[:2]
+            size = tuple(read_rgb(image).shape[1:])
         except OSError as error:
             report.problems.append(str(error))
             size = None

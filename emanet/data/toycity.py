@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from emanet.data.cityscapes import LABELS, palette_lut
+from emanet.io.images import write_png
+
+from .cityscapes import LABELS, palette_lut
 
 __all__ = ["generate_toycity", "render_scene", "CITIES", "MIN_SIZE"]
 
@@ -393,6 +395,11 @@ def generate_toycity(
         train, val, test: number of scenes per split (test gets labels too, unlike Cityscapes).
         size: ``(H, W)`` of every image.
         seed: scenes depend on it alone; the same seed writes the same files.
+
+    Raises:
+        ValueError: ``size`` is below :data:`MIN_SIZE`.
+        emanet.io.atomic.WriteError: a file cannot be written (each file is written whole or
+            not at all).
     """
     root = Path(root)
     height, width = size
@@ -403,26 +410,29 @@ def generate_toycity(
         for index in range(count):
             city = cities[index % len(cities)]
             rng = np.random.default_rng([seed, split_index, index])
-            image, labels, instances = render_scene(height, width, rng)
             stem = f"{city}_{index // len(cities):06d}_{_FRAME:06d}"
-            img_dir = root / "leftImg8bit" / split / city
-            gt_dir = root / "gtFine" / split / city
-            img_dir.mkdir(parents=True, exist_ok=True)
-            gt_dir.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(img_dir / f"{stem}_leftImg8bit.png")
-            Image.fromarray(labels).save(gt_dir / f"{stem}_gtFine_labelIds.png")
-            # 16-bit PNG like the official files (ids up to 33999 fit).
-            Image.fromarray(instances.astype(np.uint16)).save(
-                gt_dir / f"{stem}_gtFine_instanceIds.png"
-            )
-            Image.fromarray(_COLOR_LUT[labels]).save(gt_dir / f"{stem}_gtFine_color.png")
-    log.info(
-        "toy city: %d train, %d val, %d test scenes of %dx%d in %s",
-        train,
-        val,
-        test,
-        height,
-        width,
-        root,
-    )
+            _write_scene(root, split, city, stem, *render_scene(height, width, rng))
+    scenes = f"{train} train, {val} val, {test} test scenes of {height}x{width}"
+    log.info("toy city: %s in %s", scenes, root)
     return root
+
+
+def _write_scene(
+    root: Path,
+    split: str,
+    city: str,
+    stem: str,
+    image: np.ndarray,
+    labels: np.ndarray,
+    instances: np.ndarray,
+) -> None:
+    """The four files of one scene, named and encoded as Cityscapes' are."""
+    image_dir = root / "leftImg8bit" / split / city
+    gt_dir = root / "gtFine" / split / city
+    image_dir.mkdir(parents=True, exist_ok=True)
+    gt_dir.mkdir(parents=True, exist_ok=True)
+    write_png(image_dir / f"{stem}_leftImg8bit.png", image)
+    write_png(gt_dir / f"{stem}_gtFine_labelIds.png", labels)
+    # 16-bit PNG like the official files (ids up to 33999 fit).
+    write_png(gt_dir / f"{stem}_gtFine_instanceIds.png", instances.astype(np.uint16))
+    write_png(gt_dir / f"{stem}_gtFine_color.png", _COLOR_LUT[labels])

@@ -3,8 +3,8 @@
 Testing is one function, :func:`preprocess_test_image` (mmsegmentation's ``test_pipeline`` and
 data preprocessor): keep-ratio resize into the test scale, rounded back to uint8 as OpenCV's
 resize is, then normalisation. :class:`~emanet.predict.Segmenter` calls it, and through the
-Segmenter so do validation during training and ``emanet eval``; :class:`TestTransform` wraps it
-for a dataset.
+Segmenter so do validation during training and ``emanet eval``; :func:`test_input_size` is the
+size it gives.
 
 Training (``TrainTransform``), in mmsegmentation's order:
 
@@ -22,9 +22,9 @@ Steps 1-3 and every random draw happen where the sample is loaded (:meth:`TrainT
 steps 4-5 on the batch wherever it is trained (:meth:`TrainTransform.finish`, on the GPU in the
 trainer). The label is resized only inside the candidate crop windows, and only ever with nearest
 neighbour, so a label map is never blended into class ids that were not there; the image is
-resized whole by torchvision's uint8 kernel (the same values as ``RandomResize``), then cropped.
-The single-image classes (``RandomResize``, ``RandomCrop``, ``PhotoMetricDistortion``) work on
-torchvision's ``tv_tensors``.
+resized whole (bilinear, without antialiasing, as OpenCV's ``INTER_LINEAR``), then cropped.
+``RandomResize``, ``RandomCrop`` and ``PhotoMetricDistortion`` hold each step's settings and
+random draws; ``TrainTransform`` applies them.
 
 All randomness is drawn from torch's default generator: ``torch.manual_seed`` makes a run
 reproducible and DataLoader workers (which reseed torch per worker) get different augmentations.
@@ -38,22 +38,22 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 __all__ = [
+    "CITYSCAPES_IMAGE_SIZE",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "PhotoMetricDistortion",
     "RandomCrop",
     "RandomResize",
-    "TestTransform",
     "TrainTransform",
     "denormalize",
     "keep_ratio_size",
     "normalize",
     "preprocess_test_image",
+    "test_input_size",
 ]
 
 # ImageNet statistics on the 0-255 scale, RGB order (mmsegmentation's Cityscapes config).
@@ -74,23 +74,23 @@ def _writable(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _as_image(image: ImageLike) -> tv_tensors.Image:
-    """PIL RGB image, ``(H, W, 3)`` uint8 array or ``(3, H, W)`` uint8 tensor -> ``Image``."""
+def _as_image(image: ImageLike) -> torch.Tensor:
+    """PIL RGB image, ``(H, W, 3)`` uint8 array or ``(3, H, W)`` uint8 tensor -> ``(3, H, W)``."""
     if isinstance(image, Image.Image):
-        return tv_tensors.Image(F.pil_to_tensor(image.convert("RGB")))
+        return F.pil_to_tensor(image.convert("RGB"))
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) array, got shape {image.shape}")
-        return tv_tensors.Image(torch.from_numpy(_writable(image)).permute(2, 0, 1))
+        return torch.from_numpy(_writable(image)).permute(2, 0, 1)
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a (3, H, W) tensor, got shape {tuple(image.shape)}")
-        return tv_tensors.Image(image)
+        return image.as_subclass(torch.Tensor)
     raise TypeError(f"unsupported image type {type(image).__name__}")
 
 
-def _as_mask(label: ImageLike) -> tv_tensors.Mask:
-    """PIL 'L'/'P' label, ``(H, W)`` array or tensor -> ``Mask`` of shape ``(1, H, W)``."""
+def _as_label(label: ImageLike) -> torch.Tensor:
+    """PIL 'L'/'P' label, ``(H, W)`` array or tensor -> ``(H, W)`` integer tensor."""
     if isinstance(label, Image.Image):
         label = np.array(label)
     if isinstance(label, np.ndarray):
@@ -101,7 +101,7 @@ def _as_mask(label: ImageLike) -> tv_tensors.Mask:
         raise ValueError(f"expected an (H, W) label, got shape {tuple(label.shape)}")
     if label.is_floating_point():
         raise TypeError("labels must be integers (class ids), not floats")
-    return tv_tensors.Mask(label.unsqueeze(0))
+    return label.as_subclass(torch.Tensor)
 
 
 def _check_same_size(image: torch.Tensor, label: torch.Tensor) -> None:
@@ -168,24 +168,30 @@ def keep_ratio_size(height: int, width: int, scale: Sequence[int]) -> tuple[int,
     return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
 
-def _resize_pair(
-    image: tv_tensors.Image, label: tv_tensors.Mask | None, size: tuple[int, int]
-) -> tuple[tv_tensors.Image, tv_tensors.Mask | None]:
-    if tuple(image.shape[-2:]) == size:
-        return image, label
+#: ``(H, W)`` of a Cityscapes frame, the image the presets' test settings are stated for.
+CITYSCAPES_IMAGE_SIZE = (1024, 2048)
+
+
+def test_input_size(
+    test_scale: Sequence[int], image_size: tuple[int, int] = CITYSCAPES_IMAGE_SIZE
+) -> tuple[int, int]:
+    """``(H, W)`` an ``image_size`` image is run at: its keep-ratio resize into ``test_scale``
+    (1024x2048 for the 512x1024 presets, 1025x2049 for the 769x769 ones, 256x512 for the small
+    one, given a Cityscapes frame)."""
+    return keep_ratio_size(*image_size, test_scale)
+
+
+def _resize_bilinear(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(..., H, W)`` -> ``(..., *size)``, bilinear, in the image's dtype."""
     # antialias=False: mmsegmentation resizes with OpenCV's INTER_LINEAR, which does not
     # low-pass filter when shrinking; torch's bilinear without antialias is the same kernel.
-    image = F.resize(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=False)
-    if label is not None:
-        # A Mask is always resized with nearest neighbour by torchvision.
-        label = F.resize(label, list(size))
-    return image, label
+    return F.resize(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=False)
 
 
 def _interleaved(image: torch.Tensor) -> torch.Tensor:
     """``image`` ``(C, H, W)`` with each pixel's channels adjacent in memory (an HWC array seen
     as CHW, as the PNG decoders give it): torchvision's uint8 resize kernel is vectorised over
-    such pixels, 2-4x faster than on planar (CHW) memory, with the same values."""
+    such pixels, faster than on planar (CHW) memory, with the same values."""
     if image.stride(0) == 1:
         return image
     return image.permute(1, 2, 0).contiguous().permute(2, 0, 1)
@@ -230,13 +236,6 @@ class RandomResize:
         # mmcv truncates the scaled target (int, not round).
         return int(self.scale[0] * ratio), int(self.scale[1] * ratio)
 
-    def __call__(
-        self, image: tv_tensors.Image, label: tv_tensors.Mask
-    ) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
-        """``(3, H, W)`` image and ``(1, H, W)`` label -> both at the sampled keep-ratio size."""
-        size = keep_ratio_size(*image.shape[-2:], self.sample_scale())
-        return _resize_pair(image, label, size)
-
 
 class RandomCrop:
     """mmsegmentation's ``RandomCrop(crop_size, cat_max_ratio)``.
@@ -267,42 +266,27 @@ class RandomCrop:
     def is_balanced(self, label: torch.Tensor) -> bool:
         """mmseg's acceptance test: >1 labelled class and none with ``cat_max_ratio`` or more."""
         if label.dtype == torch.uint8:
-            # A histogram of 256 bins is several times faster than unique() on a large crop.
-            return self.is_balanced_histogram(torch.bincount(label.reshape(-1), minlength=256))
-        values, counts = torch.unique(label, return_counts=True)
-        counts = counts[values != self.ignore_index]
+            # A histogram of 256 bins: faster than unique() on a large crop.
+            counts = torch.bincount(label.reshape(-1), minlength=256)
+            if 0 <= self.ignore_index < counts.numel():
+                counts[self.ignore_index] = 0
+            counts = counts[counts > 0]
+        else:
+            values, counts = torch.unique(label, return_counts=True)
+            counts = counts[values != self.ignore_index]
         if counts.numel() <= 1:
             return False
         return counts.max().item() / counts.sum().item() < self.cat_max_ratio
 
-    def is_balanced_histogram(self, counts: torch.Tensor) -> bool:
-        """:meth:`is_balanced` of a label given by its histogram (``counts[class id]``)."""
-        if 0 <= self.ignore_index < counts.numel():
-            counts = counts.clone()
-            counts[self.ignore_index] = 0
-        counts = counts[counts > 0]
-        if counts.numel() <= 1:
-            return False
-        return counts.max().item() / counts.sum().item() < self.cat_max_ratio
-
-    def sample_window(self, label: torch.Tensor) -> tuple[int, int, int, int]:
-        """``(top, left, height, width)`` of the crop for a ``(..., H, W)`` label."""
-        height, width = label.shape[-2:]
-        return self.sample_window_of(
-            height,
-            width,
-            lambda top, left, h, w: self.is_balanced(label[..., top : top + h, left : left + w]),
-        )
-
-    def sample_window_of(
-        self,
-        height: int,
-        width: int,
-        is_balanced: Callable[[int, int, int, int], bool],
+    def sample_window(
+        self, height: int, width: int, is_balanced: Callable[[int, int, int, int], bool]
     ) -> tuple[int, int, int, int]:
-        """:meth:`sample_window` for an ``height x width`` label that is never computed whole:
-        ``is_balanced(top, left, h, w)`` tells whether a window passes (e.g. its label resized
-        on the fly, see :meth:`TrainTransform.sample`)."""
+        """``(top, left, height, width)`` of the crop of a ``height x width`` label.
+
+        ``is_balanced(top, left, h, w)`` tells whether a window passes, e.g. :meth:`is_balanced`
+        of the label inside it (:meth:`TrainTransform.sample` computes only those windows of the
+        resized label).
+        """
         window = self._draw_window(height, width)
         if self.cat_max_ratio < 1.0:
             for _ in range(self.max_retries):
@@ -310,12 +294,6 @@ class RandomCrop:
                     break
                 window = self._draw_window(height, width)
         return window
-
-    def __call__(
-        self, image: tv_tensors.Image, label: tv_tensors.Mask
-    ) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
-        top, left, h, w = self.sample_window(label)
-        return F.crop(image, top, left, h, w), F.crop(label, top, left, h, w)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -454,14 +432,6 @@ class PhotoMetricDistortion:
         img = torch.where(hue_on > 0, _hsv_to_rgb(hsv).round().clamp(0.0, 255.0), img)
         return cls._gain_offset(img, alpha=contrast_last)
 
-    def distort(self, img: torch.Tensor) -> torch.Tensor:
-        """``(3, H, W)`` float 0-255 -> distorted ``(3, H, W)`` float with integer values."""
-        return self.apply(img[None], self.sample_params()[None])[0]
-
-    def __call__(self, image: tv_tensors.Image, label: tv_tensors.Mask):
-        out = self.distort(image.as_subclass(torch.Tensor).float())
-        return tv_tensors.Image(out.to(torch.uint8)), label
-
 
 # ----------------------------------------------------------------------------------------------
 # pipelines
@@ -480,10 +450,9 @@ class TrainTransform:
     The call is two halves that the trainer runs in two places:
 
     * :meth:`sample` (the DataLoader worker, under the sample's seed): every random draw, and
-      the geometry on uint8 values. The random resize is never computed whole: the crop window
-      is drawn on the resized label computed window by window (nearest neighbour), and only
-      the window of the resized image is interpolated, from the source pixels it needs
-      (bilinear, as ``F.interpolate(..., align_corners=False)`` of the whole image would).
+      the geometry on uint8 values. The crop window is drawn on the resized label, computed
+      only inside the candidate windows (nearest neighbour); the image is resized whole
+      (bilinear) and cropped to the window drawn.
     * :meth:`finish` (the training step, on the batch, on the GPU): photometric distortion with
       each sample's drawn parameters, normalisation, zero padding.
     """
@@ -510,6 +479,8 @@ class TrainTransform:
         self.ignore_index = ignore_index
 
     def __call__(self, image: ImageLike, label: ImageLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole pipeline on one pair (as a dataset's ``transforms``): :meth:`sample`, then
+        :meth:`finish` of a batch of one."""
         img, lbl, params = self.sample(image, label)
         return self.finish(img[None], params[None])[0], lbl.long()
 
@@ -524,32 +495,7 @@ class TrainTransform:
             ``ignore_index`` where padded); ``params`` float32 ``(2 + P,)``: the valid height
             and width, then the :class:`PhotoMetricDistortion` parameters.
         """
-        img, lbl = _as_image(image), _as_mask(label)
-        _check_same_size(img, lbl)
-        img, lbl = img.as_subclass(torch.Tensor), lbl.as_subclass(torch.Tensor)[0]
-        # uint8 travels 8x lighter than int64; values or an ignore index above 255 need int64.
-        if self.ignore_index > 255:
-            lbl = lbl.long()
-        elif lbl.dtype != torch.uint8:
-            fits = lbl.numel() > 0 and lbl.min() >= 0 and lbl.max() <= 255
-            lbl = lbl.to(torch.uint8) if fits else lbl.long()
-        height, width = img.shape[-2:]
-        size = keep_ratio_size(height, width, self.resize.sample_scale())
-        rows, cols = _nearest_source(height, size[0]), _nearest_source(width, size[1])
-
-        def window_label(top: int, left: int, h: int, w: int) -> torch.Tensor:
-            return _gather_2d(lbl, rows[top : top + h], cols[left : left + w])
-
-        def is_balanced(*window: int) -> bool:
-            return self.crop.is_balanced(window_label(*window))
-
-        window = self.crop.sample_window_of(size[0], size[1], is_balanced)
-        top, left, h, w = window
-        # The whole image, with torchvision's SIMD uint8 kernel: faster than interpolating the
-        # window alone in float32 (bench_loader.py), and the same values as RandomResize's.
-        if (height, width) != size:
-            img = _resize_pair(_interleaved(img), None, size)[0]
-        lbl, img = window_label(*window), img[..., top : top + h, left : left + w]
+        img, lbl = self._resized_crop(*self._tensors(image, label))
         if torch.rand(()).item() < self.flip_prob:
             img, lbl = img.flip(-1), lbl.flip(-1)
         colours = (
@@ -564,6 +510,39 @@ class TrainTransform:
             lbl = torch.nn.functional.pad(lbl, (0, pad_w, 0, pad_h), value=self.ignore_index)
         params = torch.cat([torch.tensor([float(h), float(w)]), colours])
         return img.contiguous(), lbl.contiguous(), params
+
+    def _tensors(self, image: ImageLike, label: ImageLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(3, H, W)`` image and ``(H, W)`` label tensors; the label uint8 where its values
+        and the ignore index fit (8x lighter to ship than int64), else int64."""
+        img, lbl = _as_image(image), _as_label(label)
+        _check_same_size(img, lbl)
+        if self.ignore_index > 255:
+            lbl = lbl.long()
+        elif lbl.dtype != torch.uint8:
+            fits = lbl.numel() > 0 and lbl.min() >= 0 and lbl.max() <= 255
+            lbl = lbl.to(torch.uint8) if fits else lbl.long()
+        return img, lbl
+
+    def _resized_crop(
+        self, image: torch.Tensor, label: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """RandomResize, then RandomCrop's window of the resized pair."""
+        height, width = image.shape[-2:]
+        size = keep_ratio_size(height, width, self.resize.sample_scale())
+        rows, cols = _nearest_source(height, size[0]), _nearest_source(width, size[1])
+
+        def window_label(top: int, left: int, h: int, w: int) -> torch.Tensor:
+            return _gather_2d(label, rows[top : top + h], cols[left : left + w])
+
+        def is_balanced(*window: int) -> bool:
+            return self.crop.is_balanced(window_label(*window))
+
+        top, left, h, w = self.crop.sample_window(*size, is_balanced)
+        # The whole image, with torchvision's SIMD uint8 kernel: faster than interpolating the
+        # window alone in float32 (bench_loader.py).
+        if (height, width) != size:
+            image = _resize_bilinear(_interleaved(image), size)
+        return image[..., top : top + h, left : left + w], window_label(top, left, h, w)
 
     def finish(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """The pixel half, on a batch from :meth:`sample`, on any device.
@@ -612,45 +591,8 @@ def preprocess_test_image(
     img = _as_image(image)
     if img.dtype != torch.uint8:
         raise TypeError(f"expected uint8 pixels (0-255), got {img.dtype}")
-    pixels = img.as_subclass(torch.Tensor).float()
+    pixels = img.float()
     size = keep_ratio_size(*pixels.shape[-2:], scale)
     if size != tuple(pixels.shape[-2:]):
-        # antialias=False: OpenCV's INTER_LINEAR does not low-pass filter when shrinking.
-        pixels = F.resize(
-            pixels, list(size), interpolation=InterpolationMode.BILINEAR, antialias=False
-        )
-        pixels = pixels.round_().clamp_(0, 255)
+        pixels = _resize_bilinear(pixels, size).round_().clamp_(0, 255)
     return normalize(pixels, mean, std)
-
-
-class TestTransform:
-    """:func:`preprocess_test_image` as a dataset transform: ``(image, label)`` pairs.
-
-    The label is returned at its original size, untouched: evaluation compares predictions
-    (upsampled to the original resolution by the model wrapper) with the original labels.
-
-    Returns:
-        ``image`` float32 ``(3, h, w)`` with ``(h, w) = keep_ratio_size(H, W, scale)``;
-        ``label`` int64 ``(H, W)``, or ``None`` when no label is given.
-    """
-
-    def __init__(
-        self,
-        scale: Sequence[int] = (2048, 1024),
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ):
-        self.scale = tuple(scale)
-        self.mean = tuple(mean)
-        self.std = tuple(std)
-
-    def __call__(
-        self, image: ImageLike, label: ImageLike | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        img = _as_image(image)
-        lbl = None
-        if label is not None:
-            mask = _as_mask(label)
-            _check_same_size(img, mask)
-            lbl = mask.as_subclass(torch.Tensor)[0].long()
-        return preprocess_test_image(img, self.scale, self.mean, self.std), lbl

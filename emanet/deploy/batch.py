@@ -11,19 +11,29 @@ written under the output folder ``OUT``::
 
 A file given by itself is written at the top of ``OUT``. Images are loaded and results encoded
 in background threads (Pillow releases the GIL while it decodes and compresses) while the model
-runs; images of the same size are grouped into batches of ``batch_size``. A file that cannot be
-loaded, or whose results would overwrite another input's, is skipped with a one-line reason and
-the run goes on; each file is written atomically, so an interrupted run leaves no half PNG.
+runs; images of the same size are grouped into batches of ``batch_size``.
+
+What goes wrong is told in one line and loses nothing:
+
+* a file that cannot be loaded, or whose results would overwrite another input's, is skipped
+  with its reason and the run goes on;
+* out of memory (CUDA or CPU), a batch is split in two and later batches stay at most that
+  size; an image that does not fit even alone is skipped with its size;
+* every file is written atomically, so an interrupted run leaves no half PNG; when the output
+  folder is full or cannot be written, the run stops with a :class:`~emanet.io.atomic.WriteError`
+  that says how many images' results are written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import logging
 import os
 import time
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +44,9 @@ from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from emanet.io.atomic import atomic_write
-from emanet.io.images import ImageLoadError, load_image
+from emanet.io.atomic import WriteError
+from emanet.io.images import ImageLoadError, load_image, write_png
+from emanet.runtime.device import is_out_of_memory
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -57,12 +68,17 @@ IMAGE_SUFFIXES = frozenset(
 # Results written per image: suffix of the file name -> what it holds.
 _OUTPUTS = ("mask", "overlay", "trainIds")
 
+# Write errors that every later write would meet too (the output folder is full, read-only or
+# not ours): they stop the run. Any other write error skips its image.
+_OUTPUT_FULL_OR_CLOSED = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+)
+
 
 def default_batch_size(device: torch.device | str) -> int:
     """Images per forward pass: 8 on CUDA (halved automatically when memory runs out), 4 on
-    other devices. On 2 CPU cores the bundled model segments 1.9x more images/s at batch 4 and
-    2.1x at batch 8 than at batch 1 (``benchmarks/bench_predict.py``); 4 keeps the memory of an
-    official model at 1024x2048 (a few GB per batch) within a laptop's."""
+    other devices, where batching still pays (``benchmarks/bench_predict.py``) and 4 keeps an
+    official model at 1024x2048 within a laptop's memory."""
     return 8 if torch.device(device).type == "cuda" else 4
 
 
@@ -175,23 +191,46 @@ def _write_results(prediction, paths: dict[str, Path], opacity: float) -> None:
         "trainIds": prediction.labels.astype(np.uint8),
     }
     for kind, path in paths.items():
-        image = Image.fromarray(arrays[kind])
-        atomic_write(path, lambda tmp, im=image: im.save(tmp, format="PNG"))
+        write_png(path, arrays[kind])
+
+
+@contextlib.contextmanager
+def _thread_pool(workers: int, name: str) -> Iterator[ThreadPoolExecutor]:
+    """A thread pool that drops its queued work on the way out (an error, Ctrl-C)."""
+    pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _prefetch(jobs: Sequence[ImageJob], pool: ThreadPoolExecutor, lookahead: int):
+    """``(job, future of its loaded image)`` in order, loading at most ``lookahead`` ahead."""
+    loads: deque[tuple[ImageJob, Future]] = deque()
+    for job in jobs:
+        loads.append((job, pool.submit(load_image, job.path)))
+        if len(loads) >= lookahead:
+            yield loads.popleft()
+    yield from loads
 
 
 class _Run:
-    """State of one :func:`predict_images` call (batches, pools, the summary)."""
+    """One :func:`predict_images` call: images wait in groups of one size until a batch is
+    full, batches run on the model (halved when memory runs out), results are written in the
+    background, and the summary keeps count."""
 
-    def __init__(self, segmenter, out_dir, batch_size, options, opacity, bar, writer):
-        self.segmenter = segmenter
-        self.out_dir = Path(out_dir)
+    def __init__(self, segmenter, out_dir: Path, batch_size: int, options, opacity, bar, writer):
+        self.segmenter, self.out_dir = segmenter, out_dir
+        self.options, self.opacity = options, opacity
         self.batch_size = batch_size
-        self.options = options
-        self.opacity = opacity
-        self.bar = bar
-        self.writer = writer
+        # A run of many different sizes would keep every image waiting for its batch, so
+        # past ``max_waiting`` images the largest group goes as it is.
+        self.max_waiting = 4 * batch_size
+        self.groups: dict[tuple[int, int], list[tuple[ImageJob, Image.Image]]] = {}
+        self.claimed: dict[Path, Path] = {}  # results path -> the input that writes it
+        self.bar, self.writer = bar, writer
+        self.writes: deque[tuple[ImageJob, Future]] = deque()
         self.summary = PredictSummary()
-        self.writes: list[tuple[ImageJob, Future]] = []
         self.warned_memory = False
 
     def skip(self, job: ImageJob, reason: str) -> None:
@@ -199,43 +238,111 @@ class _Run:
         self.summary.skipped.append((job.path, reason))
         self.bar.update(1)
 
-    def run_batch(self, batch: list[tuple[ImageJob, Image.Image]]) -> None:
+    def take(self, job: ImageJob, load: Future) -> None:
+        """Receive one loaded image: skip it, or queue it and run any batch that is ready."""
         try:
-            predictions = self.segmenter.predict_batch(
-                [picture for _, picture in batch], **self.options
-            )
-        except torch.cuda.OutOfMemoryError:
-            if len(batch) == 1:
-                self.skip(batch[0][0], "out of memory even alone")
-                return
+            picture = load.result()
+        except ImageLoadError as error:
+            self.skip(job, _one_line(error))
+            return
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            self.skip(job, "out of memory while loading it")
+            return
+        target = (self.out_dir / job.output_stem).resolve()
+        if target in self.claimed:
+            self.skip(job, f"its results would overwrite those of {self.claimed[target]}")
+            return
+        self.claimed[target] = job.path
+        group = self.groups.setdefault(picture.size, [])
+        group.append((job, picture))
+        if len(group) >= self.batch_size:
+            self.run_group(picture.size)
+        elif sum(len(g) for g in self.groups.values()) > self.max_waiting:
+            self.run_group(max(self.groups, key=lambda size: len(self.groups[size])))
+
+    def finish(self) -> None:
+        """Run the images still waiting, then wait for every write."""
+        for size in list(self.groups):
+            self.run_group(size)
+        self.collect(block=True)
+
+    def run_group(self, size: tuple[int, int]) -> None:
+        """Run the images of ``size`` that wait, in batches of (the current) batch size."""
+        group = self.groups.pop(size)
+        while group:
+            batch, group = group[: self.batch_size], group[self.batch_size :]
+            self.run_batch(batch)
+
+    def run_batch(self, batch: list[tuple[ImageJob, Image.Image]]) -> None:
+        """Segment ``batch`` and queue its writes; out of memory, the two halves one after the
+        other (and every later batch at most that size); one image that does not fit alone is
+        skipped."""
+        predictions = self._predict([picture for _, picture in batch])
+        if predictions is None and len(batch) == 1:
+            job, picture = batch[0]
+            self.skip(job, f"out of memory even alone ({picture.width}x{picture.height} pixels)")
+        elif predictions is None:
             if not self.warned_memory:
                 log.warning("out of memory at batch %d: splitting batches in two", len(batch))
                 self.warned_memory = True
-            self.batch_size = max(1, len(batch) // 2)
             half = len(batch) // 2
+            self.batch_size = min(self.batch_size, half)
             self.run_batch(batch[:half])
             self.run_batch(batch[half:])
-            return
-        for (job, _), prediction in zip(batch, predictions, strict=True):
-            paths = output_paths(self.out_dir, job)
-            future = self.writer.submit(_write_results, prediction, paths, self.opacity)
-            self.writes.append((job, future))
-        self.collect(block=False)
+        else:
+            for (job, _), prediction in zip(batch, predictions, strict=True):
+                paths = output_paths(self.out_dir, job)
+                future = self.writer.submit(_write_results, prediction, paths, self.opacity)
+                self.writes.append((job, future))
+            self.collect(block=False)
+
+    def _predict(self, pictures: list[Image.Image]) -> list | None:
+        """The predictions of ``pictures``, or ``None`` when the device ran out of memory (the
+        error, and the memory its traceback holds, is gone when this returns)."""
+        try:
+            return self.segmenter.predict_batch(pictures, **self.options)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+        return None
 
     def collect(self, block: bool) -> None:
-        pending = []
-        for job, future in self.writes:
-            if not (block or future.done()):
-                pending.append((job, future))
-                continue
+        """Count the writes that have ended, in order (all of them when ``block``)."""
+        while self.writes and (block or self.writes[0][1].done()):
+            job, future = self.writes.popleft()
             try:
                 future.result()
             except OSError as error:
+                if isinstance(error, WriteError) and error.errno in _OUTPUT_FULL_OR_CLOSED:
+                    raise self._stop(error) from error
                 self.skip(job, f"cannot write results: {_one_line(error)}")
+                continue
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                self.skip(job, "out of memory while writing its results")
                 continue
             self.summary.written.append(job.path)
             self.bar.update(1)
-        self.writes = pending
+
+    def _stop(self, error: WriteError) -> WriteError:
+        """No more results can be written: drop the queued writes, let those under way end,
+        and say how far the run got."""
+        for _, future in self.writes:
+            future.cancel()
+        for job, future in self.writes:
+            if not future.cancelled() and future.exception() is None:
+                self.summary.written.append(job.path)
+        self.writes.clear()
+        space = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        fix = "free some space" if space else "choose an output folder you can write to"
+        done = f"{len(self.summary.written)} of {self.bar.total}"
+        return error.with_advice(
+            f"the run stopped with the results of {done} images written, each file whole; "
+            f"{fix} and run again"
+        )
 
 
 def predict_images(
@@ -266,61 +373,26 @@ def predict_images(
 
     Returns:
         a :class:`PredictSummary` (also logged).
+
+    Raises:
+        WriteError: the output folder is full or cannot be written; the run stops there, the
+            results written until then are whole, and the message says how many there are.
     """
-    if batch_size is None:
-        batch_size = default_batch_size(segmenter.device)
+    batch_size = default_batch_size(segmenter.device) if batch_size is None else batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     start = time.perf_counter()
     options = {"num_iterations": num_iterations, "aug_test": aug_test, "mode": mode}
-    # Images of one size wait here for their batch. A run of many different sizes would keep
-    # all of them waiting, so past ``max_waiting`` the largest group goes as it is.
-    groups: OrderedDict[tuple[int, int], list[tuple[ImageJob, Image.Image]]] = OrderedDict()
-    max_waiting = 4 * batch_size
-    lookahead = 2 * batch_size + workers
-    claimed: dict[Path, Path] = {}
     with (
-        ThreadPoolExecutor(workers, thread_name_prefix="emanet-load") as loader,
-        ThreadPoolExecutor(workers, thread_name_prefix="emanet-write") as writer,
+        _thread_pool(workers, "emanet-load") as loader,
+        _thread_pool(workers, "emanet-write") as writer,
         logging_redirect_tqdm(),
         tqdm(total=len(jobs), desc="predict", unit="image", disable=not progress) as bar,
     ):
-        run = _Run(segmenter, out_dir, batch_size, options, opacity, bar, writer)
-        loads: list[tuple[ImageJob, Future]] = []
-        for job in jobs:
-            loads.append((job, loader.submit(load_image, job.path)))
-            if len(loads) < lookahead:
-                continue
-            _take(run, loads.pop(0), groups, claimed, max_waiting)
-        while loads:
-            _take(run, loads.pop(0), groups, claimed, max_waiting)
-        for batch in groups.values():
-            for index in range(0, len(batch), run.batch_size):
-                run.run_batch(batch[index : index + run.batch_size])
-        run.collect(block=True)
-    summary = run.summary
-    summary.seconds = time.perf_counter() - start
-    log.info("%s", summary.format(out_dir))
-    return summary
-
-
-def _take(run: _Run, load: tuple[ImageJob, Future], groups, claimed, max_waiting) -> None:
-    """Receive one loaded image: skip it, or queue it and run any batch that is ready."""
-    job, future = load
-    try:
-        picture = future.result()
-    except ImageLoadError as error:
-        run.skip(job, _one_line(error))
-        return
-    target = (run.out_dir / job.output_stem).resolve()
-    if target in claimed:
-        run.skip(job, f"its results would overwrite those of {claimed[target]}")
-        return
-    claimed[target] = job.path
-    group = groups.setdefault(picture.size, [])
-    group.append((job, picture))
-    if len(group) >= run.batch_size:
-        run.run_batch(groups.pop(picture.size))
-    elif sum(len(g) for g in groups.values()) > max_waiting:
-        largest = max(groups, key=lambda size: len(groups[size]))
-        run.run_batch(groups.pop(largest))
+        run = _Run(segmenter, Path(out_dir), batch_size, options, opacity, bar, writer)
+        for job, load in _prefetch(jobs, loader, lookahead=2 * batch_size + workers):
+            run.take(job, load)
+        run.finish()
+    run.summary.seconds = time.perf_counter() - start
+    log.info("%s", run.summary.format(out_dir))
+    return run.summary

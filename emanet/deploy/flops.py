@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from emanet.models.presets import ModelPreset, get_preset, test_input_size
+from emanet.data.transforms import test_input_size
+from emanet.models.presets import ModelPreset, get_preset
 from emanet.models.segmentor import build_model, slide_windows
 
 __all__ = [
@@ -125,19 +126,15 @@ def model_cost(
     Args:
         preset: a preset or its name.
         image_size: ``(H, W)`` the model is run at; default
-        :func:`~emanet.models.presets.test_input_size`
-            (a Cityscapes frame after the preset's test resize).
+            :func:`~emanet.data.transforms.test_input_size` of the preset's test scale (a
+            Cityscapes frame after the test resize).
         mode: ``"whole"`` or ``"slide"``; default the preset's test mode.
     """
     preset = get_preset(preset)
     mode = mode or preset.test_mode
     if mode not in ("whole", "slide"):
         raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-    height, width = image_size or test_input_size(preset)
-    with torch.device("meta"):
-        model = build_model(preset).eval()
-    unit = model.em_unit
-    unit_name = next(name for name, module in model.named_modules() if module is unit)
+    height, width = image_size or test_input_size(preset.test_scale)
     # Slide mode runs the network once per window and adds up logits (no counted FLOPs), so
     # each distinct window size is counted once and multiplied: the same total as counting
     # model.inference(mode="slide"), several times faster.
@@ -145,19 +142,9 @@ def model_cost(
         sizes = [(y2 - y1, x2 - x1) for y1, y2, x1, x2 in _windows(preset, height, width)]
     else:
         sizes = [(height, width)]
-    unit_inputs: list[torch.Size] = []
-    hook = unit.register_forward_pre_hook(lambda _, args: unit_inputs.append(args[0].shape))
-    flops = em_flops = non_local = 0
-    try:
-        for (h, w), times in Counter(sizes).items():
-            counted = count_flops(model, torch.empty(1, 3, h, w, device="meta"))
-            flops += times * counted.total
-            em_flops += times * counted.by_module.get(unit_name, 0)
-            feats = torch.empty(unit_inputs[-1], device="meta")
-            non_local += times * count_flops(non_local_attention, feats).total
-    finally:
-        hook.remove()
-    feature_size = tuple(unit_inputs[-1][-2:])
+    with torch.device("meta"):
+        model = build_model(preset).eval()
+    flops, em_flops, non_local, feature_size = _count_passes(model, Counter(sizes))
     test_parameters = sum(
         p.numel() for name, p in model.named_parameters() if not name.startswith("auxiliary_head.")
     )
@@ -172,6 +159,26 @@ def model_cost(
         em_flops=em_flops,
         non_local_flops=non_local,
     )
+
+
+def _count_passes(model: nn.Module, passes: Counter) -> tuple[int, int, int, tuple[int, int]]:
+    """FLOPs of ``model``'s forward passes (``passes``: input ``(h, w)`` -> how many times):
+    ``(all, EM unit, non-local attention in its place, the unit's last feature size)``."""
+    unit = model.em_unit
+    unit_name = next(name for name, module in model.named_modules() if module is unit)
+    unit_inputs: list[torch.Size] = []
+    hook = unit.register_forward_pre_hook(lambda _, args: unit_inputs.append(args[0].shape))
+    flops = em_flops = non_local = 0
+    try:
+        for (height, width), times in passes.items():
+            counted = count_flops(model, torch.empty(1, 3, height, width, device="meta"))
+            flops += times * counted.total
+            em_flops += times * counted.by_module.get(unit_name, 0)
+            feats = torch.empty(unit_inputs[-1], device="meta")
+            non_local += times * count_flops(non_local_attention, feats).total
+    finally:
+        hook.remove()
+    return flops, em_flops, non_local, tuple(unit_inputs[-1][-2:])
 
 
 def training_flops(

@@ -8,12 +8,12 @@ The file computes ``logits = model(images)``:
 * output ``logits``: ``(B, num_classes, H, W)`` float32 at the input resolution (argmax over
   dim 1 gives trainIds).
 
-The EM iterations are a Python loop in :mod:`emanet.models.ema`; the exporter traces it, so the
-graph
-holds ``T`` unrolled E/M steps (``T`` fixed at export; ``num_iterations`` in the metadata). The
-unit itself is exported as it is, through ``torch.export`` (the dynamo-based ``torch.onnx``
-exporter), which turns its ``out=``/in-place calls and its autocast guard into plain graph
-nodes; the TorchScript exporter cannot translate ``bmm(..., out=)``. With ``dynamic=True`` the
+The EM iterations are a Python loop (:mod:`emanet.models.ema`, or its fast form in
+:mod:`emanet.fast.em`); the exporter traces it, so the graph holds ``T`` unrolled E/M steps
+(``T`` fixed at export; ``num_iterations`` in the metadata). The unit is exported as it is,
+through ``torch.export`` (the dynamo-based ``torch.onnx`` exporter), which turns its
+``out=``/in-place calls and its autocast guard into plain graph nodes; the TorchScript exporter
+cannot translate ``bmm(..., out=)``. With ``dynamic=True`` the
 batch, height and width axes are symbolic (``batch``, ``height``, ``width``); otherwise the
 file accepts only the exported shape.
 
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -45,10 +46,12 @@ from pathlib import Path
 import torch
 
 from emanet.data.cityscapes import CLASSES, PALETTE
-from emanet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from emanet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, test_input_size
 from emanet.io.atomic import atomic_write
-from emanet.models.presets import ModelPreset, test_input_size
+from emanet.models.ema import EMOptions
+from emanet.models.presets import ModelPreset
 from emanet.models.segmentor import EMANet
+from emanet.runtime.errors import UserError
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -70,7 +73,7 @@ OUTPUT_NAME = "logits"
 _MIN_SIDE = 16
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A model, option or environment that cannot be exported; the message says why."""
 
 
@@ -83,7 +86,7 @@ def default_export_size(preset: ModelPreset) -> tuple[int, int]:
     """
     if preset.test_mode == "slide":
         return tuple(preset.crop_size)
-    return test_input_size(preset)
+    return test_input_size(preset.test_scale)
 
 
 def _require_exporter() -> None:
@@ -113,14 +116,21 @@ def _check_mode(model: EMANet, mode: str | None) -> str:
     return mode
 
 
+def _package_version() -> str:
+    """emanet's installed version, read from the package metadata (``"unknown"`` when emanet
+    runs from a folder without being installed)."""
+    try:
+        return importlib.metadata.version("emanet")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _metadata(
     net: EMANet,
     classes: Sequence[str],
     palette: Sequence[Sequence[int]],
     num_iterations: int,
 ) -> dict[str, str]:
-    from emanet import __version__
-
     preset = net.preset
     unit = net.em_unit
     return {
@@ -137,8 +147,63 @@ def _metadata(
         "align_corners": str(bool(preset.align_corners)).lower(),
         "input": f"{INPUT_NAME}: (B, 3, H, W) float32, RGB 0-255 minus mean, divided by std",
         "output": f"{OUTPUT_NAME}: (B, {preset.num_classes}, H, W) float32; argmax(1) = trainIds",
-        "emanet_version": __version__,
+        "emanet_version": _package_version(),
     }
+
+
+def _check_options(
+    model: EMANet,
+    height: int | None,
+    width: int | None,
+    batch_size: int,
+    num_iterations: int | None,
+    classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+) -> tuple[int, int, int]:
+    """``(T, height, width)`` of the export, the defaults filled in; :class:`ExportError` for
+    what cannot be exported."""
+    steps = model.em_unit.num_iterations if num_iterations is None else int(num_iterations)
+    if steps < 1:
+        raise ExportError(f"num_iterations must be >= 1, got {steps}")
+    default_h, default_w = default_export_size(model.preset)
+    height, width = height or default_h, width or default_w
+    if min(height, width) < _MIN_SIDE or batch_size < 1:
+        raise ExportError(
+            f"export size must be at least {_MIN_SIDE}x{_MIN_SIDE} with batch >= 1, got "
+            f"{batch_size}x{height}x{width}"
+        )
+    if len(classes) != model.num_classes or len(palette) != len(classes):
+        raise ExportError(
+            f"{len(classes)} class names and {len(palette)} colours for a model with "
+            f"{model.num_classes} classes"
+        )
+    return steps, height, width
+
+
+def _trace(net: EMANet, example: torch.Tensor, dynamic: bool, opset: int):
+    """``torch.onnx.export`` of ``net`` on ``example`` ``(B, 3, H, W)``: the ONNX program."""
+    dynamic_shapes = None
+    if dynamic:
+        dim = torch.export.Dim
+        dynamic_shapes = {
+            # The forward's argument is called ``images``.
+            "images": {
+                0: dim("batch", min=1, max=4096),
+                2: dim("height", min=_MIN_SIDE, max=16384),
+                3: dim("width", min=_MIN_SIDE, max=16384),
+            }
+        }
+    with torch.no_grad():
+        return torch.onnx.export(
+            net,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamic_shapes=dynamic_shapes,
+            verbose=False,
+        )
 
 
 def export_onnx(
@@ -176,58 +241,15 @@ def export_onnx(
         ExportError: slide mode, bad sizes or iterations, or the exporter's packages missing.
     """
     _check_mode(model, mode)
-    steps = model.em_unit.num_iterations if num_iterations is None else int(num_iterations)
-    if steps < 1:
-        raise ExportError(f"num_iterations must be >= 1, got {steps}")
-    default_h, default_w = default_export_size(model.preset)
-    height, width = height or default_h, width or default_w
-    if min(height, width) < _MIN_SIDE or batch_size < 1:
-        raise ExportError(
-            f"export size must be at least {_MIN_SIDE}x{_MIN_SIDE} with batch >= 1, got "
-            f"{batch_size}x{height}x{width}"
-        )
-    if len(classes) != model.num_classes or len(palette) != len(classes):
-        raise ExportError(
-            f"{len(classes)} class names and {len(palette)} colours for a model with "
-            f"{model.num_classes} classes"
-        )
+    steps, height, width = _check_options(
+        model, height, width, batch_size, num_iterations, classes, palette
+    )
     _require_exporter()
-
     net = copy.deepcopy(model).to("cpu", torch.float32).eval()
     net.em_unit.num_iterations = steps
-    example = torch.zeros(batch_size, 3, height, width)
-    dynamic_shapes = None
-    if dynamic:
-        dim = torch.export.Dim
-        dynamic_shapes = {
-            # The forward's argument is called ``images``.
-            "images": {
-                0: dim("batch", min=1, max=4096),
-                2: dim("height", min=_MIN_SIDE, max=16384),
-                3: dim("width", min=_MIN_SIDE, max=16384),
-            }
-        }
-    log.info(
-        "exporting %s (T=%d, %s %dx%dx%d) to ONNX opset %d",
-        model.preset.name,
-        steps,
-        "dynamic, example" if dynamic else "static",
-        batch_size,
-        height,
-        width,
-        opset,
-    )
-    with torch.no_grad():
-        program = torch.onnx.export(
-            net,
-            (example,),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
-            dynamic_shapes=dynamic_shapes,
-            verbose=False,
-        )
+    shape = f"{'dynamic, example' if dynamic else 'static'} {batch_size}x{height}x{width}"
+    log.info("exporting %s (T=%d, %s) to ONNX opset %d", model.preset.name, steps, shape, opset)
+    program = _trace(net, torch.zeros(batch_size, 3, height, width), dynamic, opset)
     program.model.metadata_props.update(_metadata(net, classes, palette, steps))
     program.model.doc_string = (
         f"EMANet {model.preset.name}, EM attention with T={steps} unrolled iterations. "
@@ -255,7 +277,7 @@ def onnxruntime_difference(
     net = copy.deepcopy(model).to("cpu", torch.float32).eval()
     images = images.detach().to("cpu", torch.float32).contiguous()
     with torch.no_grad():
-        reference = net(images, num_iterations=num_iterations)
+        reference = net(images, EMOptions(num_iterations))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
     difference = (torch.from_numpy(logits) - reference).abs().max()

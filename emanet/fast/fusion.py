@@ -25,8 +25,6 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from emanet.models.heads import ConvModule
-
 __all__ = ["PointwiseConv", "fold_batchnorm", "optimize_for_inference", "use_pointwise_products"]
 
 
@@ -43,13 +41,16 @@ def _fold_sequential(seq: nn.Sequential) -> None:
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Fold every eval-mode BatchNorm that follows a convolution into it, in place.
 
-    Handles the layouts of this package: ``ConvModule`` (``conv``/``bn``), torchvision
-    ResNet blocks (``conv{i}``/``bn{i}``) and ``nn.Sequential`` pairs. Returns ``model``.
+    Handles the layouts of this package: mmcv-style conv modules (a ``conv`` and a ``bn`` child,
+    as :class:`emanet.models.heads.ConvModule`), torchvision ResNet blocks (``conv{i}`` /
+    ``bn{i}``) and ``nn.Sequential`` pairs. Returns ``model``.
     """
     if model.training:
         raise ValueError("fold_batchnorm needs a model in eval mode (BN statistics are frozen)")
     for module in list(model.modules()):
-        if isinstance(module, ConvModule) and isinstance(module.bn, nn.BatchNorm2d):
+        if isinstance(getattr(module, "conv", None), nn.Conv2d) and isinstance(
+            getattr(module, "bn", None), nn.BatchNorm2d
+        ):
             module.conv = fuse_conv_bn_eval(module.conv, module.bn)
             module.bn = None
         elif isinstance(module, (BasicBlock, Bottleneck)):

@@ -1,7 +1,15 @@
-"""Load any image a user may hand us as an upright 8-bit RGB :class:`PIL.Image.Image`.
+"""Images in and out: the one place that decodes image files, and the PNG writer.
 
-The model sees 8-bit RGB photographs (Cityscapes ``leftImg8bit``), so every input is brought to
-that form, with these decisions:
+* :func:`load_image`: any image a user may hand us (a path, bytes, a file object, a PIL image,
+  an array) as an upright 8-bit RGB :class:`PIL.Image.Image`, with clear errors.
+* :func:`read_rgb` and :func:`read_label`: a dataset's image and label files, for the training
+  loader: the fastest decoder that takes the file (imagecodecs, torchvision.io), else the same
+  Pillow path as :func:`load_image`; stored pixels, no EXIF orientation.
+* :func:`write_png`: a uint8 or uint16 array as a PNG, atomically.
+
+The model sees 8-bit RGB photographs (Cityscapes ``leftImg8bit``), so :func:`load_image`
+brings every input to that form, with these decisions (the first four hold for
+:func:`read_rgb` too):
 
 * **Alpha is dropped, not composited.** mmsegmentation reads images with OpenCV's
   ``IMREAD_COLOR``, which discards alpha; dropping it here gives the colours the network was
@@ -31,19 +39,37 @@ that form, with these decisions:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 import numpy as np
+import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from torchvision import io as tv_io
+
+from emanet.runtime.errors import UserError
 
 from .atomic import atomic_write
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageLoadError", "load_image", "write_png"]
+try:  # optional: the fastest PNG decoder for the training loader (see _decode_png)
+    import imagecodecs
+except ImportError:  # pragma: no cover - exercised by monkeypatching in the tests
+    imagecodecs = None
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageLoadError",
+    "load_image",
+    "read_label",
+    "read_rgb",
+    "write_png",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +81,7 @@ ImageSource = (
 )
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(UserError, ValueError):
     """An input could not be turned into an image; names the input and the reason."""
 
     def __init__(self, source_name: str, reason: str) -> None:
@@ -131,7 +157,15 @@ def _from_bytes(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
 
 
 def _decode(fp: IO[bytes], name: str, max_pixels: int | None) -> Image.Image:
-    """Open, check the size from the header, decode the first frame, make it upright RGB."""
+    """Decode the first frame and make it upright RGB."""
+    with _opened(fp, name, max_pixels) as image:
+        return _upright_rgb(image, name)
+
+
+@contextlib.contextmanager
+def _opened(fp: IO[bytes], name: str, max_pixels: int | None) -> Iterator[Image.Image]:
+    """Open, check the size from the header, decode the first frame fully (so truncation shows
+    up here); every failure is an :class:`ImageLoadError`."""
     # Pillow warns (DecompressionBombWarning) inside Image.open for large images; our own
     # max_pixels check replaces that warning with an error, so silence it just around open.
     with warnings.catch_warnings():
@@ -157,7 +191,7 @@ def _decode(fp: IO[bytes], name: str, max_pixels: int | None) -> Image.Image:
             raise ImageLoadError(
                 name, f"truncated or corrupt image data ({type(err).__name__}: {err})"
             ) from err
-        return _upright_rgb(image, name)
+        yield image
 
 
 def _from_pil(image: Image.Image, name: str, max_pixels: int | None) -> Image.Image:
@@ -272,19 +306,141 @@ def _from_array(array: np.ndarray, name: str, max_pixels: int | None) -> Image.I
     return Image.fromarray(np.ascontiguousarray(values[..., :3]), "RGB")
 
 
+# ----------------------------------------------------------------------------------------------
+# Dataset files: the training loader's decoders
+
+
+def read_rgb(path: str | os.PathLike) -> torch.Tensor:
+    """The pixels of a dataset image as a ``(3, H, W)`` uint8 RGB tensor, as stored.
+
+    The fastest decoder that takes the file runs: imagecodecs for 8-bit RGB PNGs (Cityscapes'
+    ``leftImg8bit``), then torchvision.io (PNG, JPEG), then Pillow with :func:`load_image`'s
+    mode rules. On PNGs (lossless) all of them give the same values. Unlike
+    :func:`load_image`, no EXIF orientation is applied: the pixels must stay aligned with their
+    label map. The result may be a view of ``(H, W, 3)`` memory (each pixel's channels
+    adjacent), the layout the decoders produce.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        OSError: it cannot be decoded (the message names it).
+    """
+    path = Path(path)
+    fast = _decode_png(path, _PNG_RGB)
+    if fast is not None and fast.ndim == 3 and fast.shape[2] == 3:
+        return torch.from_numpy(fast).permute(2, 0, 1)
+    decoded = _decode_torchvision(path, rgb=True)
+    if _is_uint8_image(decoded, channels=3):
+        return decoded
+    return torch.from_numpy(_decode_pillow(path, rgb=True)).permute(2, 0, 1)
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """The stored values of a label map: ``(H, W)`` uint8 for a one-channel 8-bit PNG; palette
+    indices, 16-bit values or several channels as Pillow gives them (the caller checks them).
+
+    Decoded as :func:`read_rgb` decodes (imagecodecs for 8-bit grey PNGs, torchvision.io,
+    Pillow), without any conversion of the values.
+
+    Raises:
+        FileNotFoundError, OSError: as :func:`read_rgb`.
+    """
+    path = Path(path)
+    fast = _decode_png(path, _PNG_GREY)
+    if fast is not None and fast.ndim == 2 and fast.dtype == np.uint8:
+        return fast
+    decoded = _decode_torchvision(path, rgb=False)
+    if _is_uint8_image(decoded, channels=1):
+        return decoded[0].numpy()
+    return _decode_pillow(path, rgb=False)
+
+
+#: PNG colour types (IHDR byte 25) the fastest decoder takes: 0 = grey, 2 = RGB (8 bits each).
+_PNG_GREY, _PNG_RGB = 0, 2
+
+
+def _decode_png(path: Path, colour_type: int) -> np.ndarray | None:
+    """imagecodecs' PNG decoder (libpng with zlib-ng, the fastest we measured on Cityscapes'
+    PNGs, the loader's largest cost) for an 8-bit PNG of ``colour_type``: ``(H, W, 3)`` for
+    RGB, ``(H, W)`` for grey. ``None`` where it cannot help (imagecodecs not installed, another
+    format or bit depth, a file it cannot read), and the next decoder runs."""
+    if imagecodecs is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    # Signature, IHDR length and type, width, height, bit depth (byte 24), colour type (25).
+    if len(data) < 33 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[24:26] != bytes((8, colour_type)):
+        return None
+    try:
+        return imagecodecs.png_decode(data)
+    except (RuntimeError, ValueError, MemoryError):
+        return None
+
+
+# torchvision 0.29 deprecates its image decoders; a release without them falls back to Pillow.
+_TV_DECODERS = all(hasattr(tv_io, n) for n in ("decode_image", "read_file", "ImageReadMode"))
+
+
+def _decode_torchvision(path: Path, rgb: bool) -> torch.Tensor | None:
+    """torchvision.io's decoder (libpng, libjpeg; faster than Pillow): ``(C, H, W)``, or
+    ``None`` where it cannot help (a file it cannot read, missing or damaged, which
+    :func:`_decode_pillow` then reports; a torchvision without it)."""
+    if not _TV_DECODERS:
+        return None
+    mode = tv_io.ImageReadMode.RGB if rgb else tv_io.ImageReadMode.UNCHANGED
+    try:
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its decoders in favour of TorchCodec (an FFmpeg
+            # dependency); they still work, and Pillow takes over once they are gone.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return tv_io.decode_image(tv_io.read_file(str(path)), mode=mode)
+    except (RuntimeError, OSError, ValueError):
+        return None
+
+
+def _is_uint8_image(decoded: torch.Tensor | None, channels: int) -> bool:
+    """Whether torchvision gave ``(channels, H, W)`` uint8 (not 16 bits, not a GIF's frames)."""
+    return (
+        decoded is not None
+        and decoded.dtype == torch.uint8
+        and decoded.shape[0] == channels
+        and decoded.ndim == 3
+    )
+
+
+def _decode_pillow(path: Path, rgb: bool) -> np.ndarray:
+    """The common Pillow path of :func:`load_image` for a dataset file: ``(H, W, 3)`` uint8 RGB
+    (``rgb``, no EXIF orientation) or the stored values; failures raise an OSError naming it."""
+    try:
+        with open(path, "rb") as file, _opened(file, str(path), None) as image:
+            return np.array(_to_rgb(image, str(path)) if rgb else image)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist") from None
+    except ImageLoadError as error:
+        raise OSError(f"cannot read {path}: {error.reason}") from error
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
 def write_png(path: str | os.PathLike, array: np.ndarray, compress_level: int = 6) -> Path:
-    """Write an ``(H, W)`` (grey) or ``(H, W, 3)`` (RGB) uint8 array as a PNG file, atomically
-    (see :func:`emanet.io.atomic.atomic_write`); returns the path. Label maps keep their values
-    exactly (PNG is lossless)."""
+    """Write an array as a PNG file, atomically (see :func:`emanet.io.atomic.atomic_write`);
+    returns the path.
+
+    Args:
+        array: ``(H, W, 3)`` uint8 (RGB), ``(H, W)`` uint8 (grey, e.g. a label map) or
+            ``(H, W)`` uint16 (16-bit grey, e.g. Cityscapes' ``_instanceIds``). PNG is
+            lossless: the values are kept exactly.
+    """
     array = np.asarray(array)
-    if (
-        array.dtype != np.uint8
-        or array.ndim not in (2, 3)
-        or array.ndim == 3
-        and array.shape[2] != 3
-    ):
+    grey = array.ndim == 2 and array.dtype in (np.uint8, np.uint16)
+    rgb = array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8
+    if not (grey or rgb):
         raise ValueError(
-            f"write_png takes (H, W) or (H, W, 3) uint8, got {array.shape} {array.dtype}"
+            "write_png takes (H, W, 3) uint8, (H, W) uint8 or (H, W) uint16, "
+            f"got {array.shape} {array.dtype}"
         )
     image = Image.fromarray(array)
     return atomic_write(

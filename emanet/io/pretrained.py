@@ -21,8 +21,11 @@ from pathlib import Path
 
 from torch import nn
 
-from emanet.io.checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint
 from emanet.runtime.device import unwrap
+
+from .checkpoint import read_checkpoint
+from .hub import CheckpointError, resolve_checkpoint
+from .keys import KeyReport, listing
 
 __all__ = ["PRETRAINED_BACKBONES", "BackboneReport", "load_backbone", "backbone_url"]
 
@@ -46,24 +49,17 @@ _CLASSIFIER = ("fc.",)
 
 
 @dataclass(frozen=True)
-class BackboneReport:
-    """What :func:`load_backbone` did.
+class BackboneReport(KeyReport):
+    """What :func:`load_backbone` did: a :class:`~emanet.io.keys.KeyReport` of the backbone
+    (``unexpected`` holds the ImageNet classifier's ``fc.*``), with
 
     Attributes:
         source: as given (``open-mmlab://...``, a URL or a path).
         path: the local file that was read.
-        loaded: backbone keys that received the file's tensors.
-        missing: backbone keys the file does not have (they keep their initialisation).
-        unexpected: file keys the backbone does not have (``fc.*`` for ImageNet weights).
-        misshaped: ``(key, file shape, backbone shape)`` of keys skipped for their shape.
     """
 
-    source: str
-    path: Path
-    loaded: tuple[str, ...]
-    missing: tuple[str, ...]
-    unexpected: tuple[str, ...]
-    misshaped: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]
+    source: str = ""
+    path: Path = Path()
 
     def __str__(self) -> str:
         return (
@@ -118,39 +114,26 @@ def load_backbone(
         )
     except CheckpointError as error:
         raise CheckpointError(f"cannot load the pretrained backbone {name}: {error}") from None
-    state_dict = read_checkpoint(path).state_dict
-    expected = target.state_dict()
-    if not any(k in expected for k in state_dict):
-        inner = {
-            k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")
-        }
-        state_dict = inner or state_dict
-
-    loaded, misshaped = [], []
-    for key, value in state_dict.items():
-        if key not in expected:
-            continue
-        if value.shape != expected[key].shape:
-            misshaped.append((key, tuple(value.shape), tuple(expected[key].shape)))
-        else:
-            loaded.append(key)
-    if not loaded:
+    state_dict = _backbone_tensors(read_checkpoint(path).state_dict, target.state_dict())
+    keys = KeyReport.compare(state_dict, target.state_dict())
+    if not keys.loaded:
         raise CheckpointError(
             f"no tensor of {path} fits the backbone ({len(state_dict)} keys, e.g. "
-            f"{', '.join(list(state_dict)[:3])}; {len(misshaped)} wrongly shaped): is it a "
-            f"backbone of this depth ({type(target).__name__})?"
+            f"{', '.join(list(state_dict)[:3])}; {len(keys.misshaped)} wrongly shaped): is it "
+            f"a backbone of this depth ({type(target).__name__})?"
         )
-    target.load_state_dict({k: state_dict[k] for k in loaded}, strict=False)
-    report = BackboneReport(
-        source=name,
-        path=Path(path),
-        loaded=tuple(loaded),
-        missing=tuple(k for k in expected if k not in state_dict),
-        unexpected=tuple(k for k in state_dict if k not in expected),
-        misshaped=tuple(misshaped),
-    )
+    target.load_state_dict({k: state_dict[k] for k in keys.loaded}, strict=False)
+    report = BackboneReport(**vars(keys), source=name, path=Path(path))
     _log_report(report)
     return report
+
+
+def _backbone_tensors(state_dict: dict, expected: dict) -> dict:
+    """The backbone's tensors of a file: as they are, or a whole segmentor's ``backbone.*``."""
+    if any(k in expected for k in state_dict):
+        return state_dict
+    inner = {k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    return inner or state_dict
 
 
 def _log_report(report: BackboneReport) -> None:
@@ -158,7 +141,7 @@ def _log_report(report: BackboneReport) -> None:
     missing = [k for k in report.missing if not k.endswith(_HARMLESS_MISSING)]
     foreign = [k for k in report.unexpected if not k.startswith(_CLASSIFIER)]
     if missing or report.misshaped or foreign:
-        shown = [*missing, *(k for k, _, _ in report.misshaped), *foreign][:10]
+        shown = listing([*missing, *(k for k, _, _ in report.misshaped), *foreign])
         log.warning(
             "pretrained backbone %s does not cover the backbone: %d missing, %d wrongly shaped, "
             "%d unexpected keys besides fc.* (e.g. %s)",
@@ -166,5 +149,5 @@ def _log_report(report: BackboneReport) -> None:
             len(missing),
             len(report.misshaped),
             len(foreign),
-            ", ".join(shown),
+            shown,
         )

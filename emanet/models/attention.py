@@ -15,11 +15,11 @@ tell the two apart, per image, and are what ``benchmarks/bench_attention.py`` an
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
-from emanet.models.ema import EMTrace
+from .ema import EMTrace
 
 __all__ = ["AttentionStats", "attention_stats", "trace_stats", "measure_attention"]
 
@@ -32,9 +32,6 @@ class AttentionStats:
     max_responsibility: float
     active_bases: int
     mean_abs_cos: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def attention_stats(

@@ -16,7 +16,10 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-__all__ = ["ResNetV1c", "DilatedBasicBlock", "STAGE_BLOCKS"]
+__all__ = ["DILATIONS", "STAGE_BLOCKS", "STRIDES", "DilatedBasicBlock", "ResNetV1c"]
+
+#: Stride and dilation of each stage for an output stride of 8 (the "D8" of the name).
+STRIDES, DILATIONS = (1, 2, 1, 1), (1, 1, 2, 4)
 
 STAGE_BLOCKS: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
     18: (BasicBlock, (2, 2, 2, 2)),
@@ -68,9 +71,6 @@ class ResNetV1c(nn.Module):
 
     Args:
         depth: 18, 34, 50, 101 or 152.
-        strides: stride of each stage (``(1, 2, 1, 1)`` for output stride 8).
-        dilations: dilation of each stage (``(1, 1, 2, 4)``).
-        contract_dilation: first block of a dilated stage uses half the dilation.
         stem_channels: output channels of the deep stem (64).
         base_width: channels of the first stage's blocks, doubled at every stage (64, as every
             ImageNet ResNet; the small toy-city preset halves it).
@@ -83,9 +83,6 @@ class ResNetV1c(nn.Module):
     def __init__(
         self,
         depth: int = 50,
-        strides: tuple[int, int, int, int] = (1, 2, 1, 1),
-        dilations: tuple[int, int, int, int] = (1, 1, 2, 4),
-        contract_dilation: bool = True,
         stem_channels: int = 64,
         base_width: int = 64,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
@@ -102,10 +99,11 @@ class ResNetV1c(nn.Module):
         inplanes = stem_channels
         self.out_channels: list[int] = []
         for index, (blocks, stride, dilation) in enumerate(
-            zip(num_blocks, strides, dilations, strict=True)
+            zip(num_blocks, STRIDES, DILATIONS, strict=True)
         ):
             planes = base_width * 2**index
-            first_dilation = dilation // 2 if contract_dilation and dilation > 1 else dilation
+            # "Contract dilation": a dilated stage's first block uses half the dilation.
+            first_dilation = dilation // 2 if dilation > 1 else dilation
             layer, inplanes = _make_stage(
                 block, inplanes, planes, blocks, stride, dilation, first_dilation, norm_layer
             )

@@ -42,7 +42,7 @@ from torch import nn
 from emanet.fast.em import fast_em_attention
 from emanet.runtime.precision import autocast_off
 
-__all__ = ["EMAttention", "EMTrace", "em_attention"]
+__all__ = ["EMAttention", "EMOptions", "EMTrace", "em_attention"]
 
 
 @dataclass
@@ -70,6 +70,22 @@ class EMTrace:
         maps = resp.transpose(1, 2).reshape(batch, num_bases, *size)
         self.responsibilities.append(maps.clone())
         self.bases.append(bases.clone())
+
+
+@dataclass(frozen=True, eq=False)
+class EMOptions:
+    """What one forward pass asks of the EM unit, handed down from the segmentor's inference to
+    :class:`EMAttention` as one object. ``None`` fields mean the unit's own value.
+
+    Attributes:
+        num_iterations: ``T`` for this pass (a test-time choice).
+        inverse_temperature: ``lambda`` for this pass (a what-if).
+        trace: an :class:`EMTrace` to record the iterations into.
+    """
+
+    num_iterations: int | None = None
+    inverse_temperature: float | None = None
+    trace: EMTrace | None = None
 
 
 def em_attention(

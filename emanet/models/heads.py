@@ -7,13 +7,23 @@ as they are.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emanet.models.ema import EMAttention, EMTrace
+from .ema import EMAttention, EMOptions
 
-__all__ = ["ConvModule", "EMAHead", "FCNHead"]
+__all__ = ["ConvModule", "EMAHead", "FCNHead", "resize_logits"]
+
+
+def resize_logits(logits: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
+    """The heads' ``(B, K, h, w)`` logits at ``size``: bilinear, as mmseg's decode heads resize
+    them (returned as they are when the size is already right)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
 class ConvModule(nn.Module):
@@ -151,23 +161,14 @@ class EMAHead(_ClassifierMixin):
             )
         self._init_classifier(channels, num_classes, dropout)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        num_iterations: int | None = None,
-        trace: EMTrace | None = None,
-        inverse_temperature: float | None = None,
-    ) -> torch.Tensor:
-        """``(B, in_channels, h, w) -> (B, num_classes, h, w)``; see :class:`EMAttention`."""
+    def forward(self, x: torch.Tensor, em: EMOptions | None = None) -> torch.Tensor:
+        """``(B, in_channels, h, w) -> (B, num_classes, h, w)``; ``em``: this pass's choices
+        for the EM unit (see :class:`~emanet.models.ema.EMOptions`)."""
+        em = em or EMOptions()
         feats = self.ema_in_conv(x)
         identity = feats
         feats = self.ema_mid_conv(feats)
-        recon = self.ema_module(
-            feats,
-            num_iterations=num_iterations,
-            trace=trace,
-            inverse_temperature=inverse_temperature,
-        )
+        recon = self.ema_module(feats, em.num_iterations, em.trace, em.inverse_temperature)
         recon = self.ema_out_conv(F.relu(recon))
         out = self.bottleneck(F.relu(identity + recon))
         if self.concat_input:

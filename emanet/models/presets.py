@@ -10,16 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from emanet.data.transforms import keep_ratio_size
-
-__all__ = [
-    "CITYSCAPES_IMAGE_SIZE",
-    "ModelPreset",
-    "PRESETS",
-    "get_preset",
-    "SMALL_PRESET",
-    "test_input_size",
-]
+__all__ = ["PRESETS", "SMALL_PRESET", "ModelPreset", "get_preset"]
 
 
 @dataclass(frozen=True)
@@ -83,19 +74,6 @@ class ModelPreset:
 
     def with_overrides(self, **changes) -> ModelPreset:
         return replace(self, **changes)
-
-
-#: ``(H, W)`` of a Cityscapes frame, the image the presets' test settings are stated for.
-CITYSCAPES_IMAGE_SIZE = (1024, 2048)
-
-
-def test_input_size(
-    preset: ModelPreset, image_size: tuple[int, int] = CITYSCAPES_IMAGE_SIZE
-) -> tuple[int, int]:
-    """``(H, W)`` the model is run at for an ``image_size`` image: the keep-ratio resize to the
-    preset's test scale (1024x2048 for the 512x1024 presets, 1025x2049 for the 769x769 ones,
-    256x512 for the small one, given a Cityscapes frame)."""
-    return keep_ratio_size(*image_size, preset.test_scale)
 
 
 _ZOO = "https://download.openmmlab.com/mmsegmentation/v0.5/emanet"

@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emanet.models.backbone import ResNetV1c
-from emanet.models.ema import EMTrace
-from emanet.models.heads import EMAHead, FCNHead
-from emanet.models.loss import resize_logits, upsampled_cross_entropy
-from emanet.models.presets import ModelPreset, get_preset
+from emanet.fast.loss import upsampled_cross_entropy
+
+from .backbone import ResNetV1c
+from .ema import EMOptions, EMTrace
+from .heads import EMAHead, FCNHead, resize_logits
+from .loss import segmentation_loss
+from .presets import ModelPreset, get_preset
 
 __all__ = ["EMANet", "build_model", "slide_windows", "AUG_TEST_RATIOS"]
 
@@ -53,18 +55,18 @@ class EMANet(nn.Module):
     Args:
         preset: the configuration (see :mod:`emanet.models.presets`).
         norm_layer: BatchNorm class for every norm (SyncBatchNorm is swapped in for DDP).
-        ignore_index: label value that no loss counts (255).
+
+    ``memory_saving_loss`` (on): :meth:`forward_train` computes the loss with
+    :func:`emanet.fast.loss.upsampled_cross_entropy` instead of
+    :func:`emanet.models.loss.segmentation_loss`: the same loss and gradient, storing only the
+    low-resolution logits for the backward pass.
     """
 
-    def __init__(
-        self,
-        preset: ModelPreset,
-        norm_layer: type[nn.Module] = nn.BatchNorm2d,
-        ignore_index: int = 255,
-    ) -> None:
+    memory_saving_loss = True
+
+    def __init__(self, preset: ModelPreset, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
         super().__init__()
         self.preset = preset
-        self.ignore_index = ignore_index
         self.align_corners = preset.align_corners
         self.backbone = ResNetV1c(
             preset.depth,
@@ -106,52 +108,34 @@ class EMANet(nn.Module):
     def _resize(self, logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         return resize_logits(logits, size, self.align_corners)
 
-    def forward(
-        self,
-        images: torch.Tensor,
-        num_iterations: int | None = None,
-        trace: EMTrace | None = None,
-        inverse_temperature: float | None = None,
-    ) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, em: EMOptions | None = None) -> torch.Tensor:
         """Decode-head logits at the input resolution: ``(B, 3, H, W) -> (B, classes, H, W)``.
 
-        ``images`` are normalised (ImageNet mean/std on 0-255 RGB). ``num_iterations``,
-        ``trace`` and ``inverse_temperature`` are passed to the EM unit.
+        ``images`` are normalised (ImageNet mean/std on 0-255 RGB); ``em``: this pass's choices
+        for the EM unit (see :class:`~emanet.models.ema.EMOptions`).
         """
         feats = self.backbone(images)
-        logits = self.decode_head(
-            feats[3],
-            num_iterations=num_iterations,
-            trace=trace,
-            inverse_temperature=inverse_temperature,
-        )
-        return self._resize(logits, images.shape[-2:])
+        return self._resize(self.decode_head(feats[3], em), images.shape[-2:])
 
     def forward_train(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Losses for a batch: ``images (B, 3, H, W)``, ``labels (B, H, W)`` int64 trainIds.
 
         Returns ``{"loss_decode", "loss_aux", "loss"}`` with ``loss = decode + aux_weight * aux``,
-        each as mmseg computes it: the cross-entropy of the logits upsampled to the label size,
-        summed over the pixels not ignored and divided by all pixels
-        (:func:`~emanet.models.loss.upsampled_cross_entropy`).
+        each as mmseg computes it (:mod:`emanet.models.loss`; label 255 is ignored).
         """
         feats = self.backbone(images)
         decode = self.decode_head(feats[3])
         aux = self.auxiliary_head(feats[2])
-        loss_decode = upsampled_cross_entropy(decode, labels, self.ignore_index, self.align_corners)
-        loss_aux = upsampled_cross_entropy(aux, labels, self.ignore_index, self.align_corners)
+        loss = upsampled_cross_entropy if self.memory_saving_loss else segmentation_loss
+        loss_decode = loss(decode, labels, align_corners=self.align_corners)
+        loss_aux = loss(aux, labels, align_corners=self.align_corners)
         return {
             "loss_decode": loss_decode,
             "loss_aux": loss_aux,
             "loss": loss_decode + self.preset.aux_weight * loss_aux,
         }
 
-    def slide_inference(
-        self,
-        images: torch.Tensor,
-        num_iterations: int | None = None,
-        inverse_temperature: float | None = None,
-    ) -> torch.Tensor:
+    def slide_inference(self, images: torch.Tensor, em: EMOptions | None = None) -> torch.Tensor:
         """Logits averaged over the preset's overlapping windows (slide mode).
 
         ``(B, 3, H, W) -> (B, classes, H, W)``
@@ -161,11 +145,7 @@ class EMANet(nn.Module):
         counts = images.new_zeros(1, 1, height, width)
         windows = slide_windows(height, width, self.preset.crop_size, self.preset.slide_stride)
         for y1, y2, x1, x2 in windows:
-            logits[:, :, y1:y2, x1:x2] += self(
-                images[:, :, y1:y2, x1:x2],
-                num_iterations=num_iterations,
-                inverse_temperature=inverse_temperature,
-            )
+            logits[:, :, y1:y2, x1:x2] += self(images[:, :, y1:y2, x1:x2], em)
             counts[:, :, y1:y2, x1:x2] += 1
         return logits / counts
 
@@ -201,18 +181,18 @@ class EMANet(nn.Module):
         if trace is not None and (mode != "whole" or aug_test):
             raise ValueError("an EM trace is recorded in whole mode without aug_test only")
 
+        em = EMOptions(num_iterations, inverse_temperature, trace)
+
         def single(x: torch.Tensor) -> torch.Tensor:
-            if mode == "slide":
-                return self.slide_inference(x, num_iterations, inverse_temperature)
-            return self(
-                x,
-                num_iterations=num_iterations,
-                trace=trace,
-                inverse_temperature=inverse_temperature,
-            )
+            return self.slide_inference(x, em) if mode == "slide" else self(x, em)
 
         if not aug_test:
             return single(images)
+        return self._scales_and_flips(images, single, ratios, flip)
+
+    def _scales_and_flips(self, images, single, ratios: Sequence[float], flip: bool):
+        """The log of ``single``'s softmax probabilities averaged over ``ratios`` of the input
+        size, each with its horizontal flip: ``(B, classes, H, W)``."""
         height, width = images.shape[-2:]
         probs = None
         for ratio in ratios:

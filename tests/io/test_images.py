@@ -1,4 +1,5 @@
-"""load_image: every Pillow mode, numpy layouts, orientation, animation, and bad inputs."""
+"""load_image (every Pillow mode, numpy layouts, orientation, animation, bad inputs), the
+dataset readers read_rgb / read_label (every decoder gives the same values), and write_png."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emanet.io.images import ImageLoadError, load_image
+from emanet.io import images
+from emanet.io.images import ImageLoadError, load_image, read_label, read_rgb, write_png
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
 
@@ -372,3 +374,110 @@ def test_decompression_bomb_header_is_an_error_not_a_warning(side):
         with pytest.raises(ImageLoadError, match="pixels") as info:
             load_image(bomb)
     assert "<bytes>" in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset files: read_rgb and read_label
+# --------------------------------------------------------------------------------------------
+
+
+def test_every_decoder_gives_the_same_values(tmp_path, monkeypatch):
+    # imagecodecs (the loader's fast path), torchvision.io and Pillow: PNG is lossless, so the
+    # three must agree exactly, and formats the fast path does not take must still be read.
+    imagecodecs = pytest.importorskip("imagecodecs")
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    grey = rng.integers(0, 34, (37, 53), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the dataset readers keep the stored pixels, aligned with labels
+    files = {
+        "rgb.png": (Image.fromarray(rgb), {}),
+        "exif.png": (Image.fromarray(rgb), {"exif": exif}),
+        "rgba.png": (Image.fromarray(np.dstack([rgb, grey])), {}),
+        "grey.png": (Image.fromarray(grey), {}),
+        "palette.png": (Image.fromarray(grey).convert("P"), {}),
+        "grey16.png": (Image.fromarray(grey.astype(np.uint16) * 300), {}),
+    }
+    for name, (image, params) in files.items():
+        image.save(tmp_path / name, **params)
+    calls = []
+    real_decode = imagecodecs.png_decode
+
+    def counting_decode(data):
+        calls.append(len(data))
+        return real_decode(data)
+
+    monkeypatch.setattr(imagecodecs, "png_decode", counting_decode)
+    results = {}
+    for decoders in ("imagecodecs", "torchvision", "pillow"):
+        if decoders != "imagecodecs":
+            monkeypatch.setattr(images, "imagecodecs", None)
+        if decoders == "pillow":
+            monkeypatch.setattr(images, "_TV_DECODERS", False)
+        results[decoders] = {
+            name: (read_rgb(tmp_path / name).numpy(), read_label(tmp_path / name)) for name in files
+        }
+    assert len(calls) == 3  # the fast path took both 8-bit RGB images and the 8-bit grey map
+    for name, (image, _) in files.items():
+        stored = np.asarray(image)
+        if image.mode == "I;16":  # 16 bits are scaled to 8, as load_image does
+            expected_rgb = np.repeat((stored >> 8).astype(np.uint8)[..., None], 3, axis=2)
+        else:
+            expected_rgb = np.asarray(image.convert("RGB"))
+        for decoders, by_name in results.items():
+            found_rgb, found_values = by_name[name]
+            assert np.array_equal(found_rgb, expected_rgb.transpose(2, 0, 1)), (decoders, name)
+            assert np.array_equal(found_values, stored), (decoders, name)
+
+
+@pytest.mark.parametrize("decoders", ["imagecodecs", "torchvision", "pillow"])
+def test_dataset_readers_name_missing_and_broken_files(tmp_path, monkeypatch, decoders):
+    if decoders != "imagecodecs":
+        monkeypatch.setattr(images, "imagecodecs", None)
+    if decoders == "pillow":
+        monkeypatch.setattr(images, "_TV_DECODERS", False)
+    with pytest.raises(FileNotFoundError, match="missing.png does not exist"):
+        read_rgb(tmp_path / "missing.png")
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        read_label(tmp_path / "missing.png")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(encode(Image.new("RGB", (64, 64), RED), "PNG")[:80])
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"not a png at all")
+    for path, reason in ((broken, "truncated or corrupt"), (garbage, "not an image")):
+        for read in (read_rgb, read_label):
+            with pytest.raises(OSError, match=f"cannot read .*{path.name}: {reason}"):
+                read(path)
+
+
+# --------------------------------------------------------------------------------------------
+# write_png
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("array", "mode"),
+    [
+        (np.arange(12, dtype=np.uint8).reshape(3, 4), "L"),
+        (np.arange(12, dtype=np.uint16).reshape(3, 4) * 3000, "I;16"),
+        (np.arange(36, dtype=np.uint8).reshape(3, 4, 3), "RGB"),
+    ],
+    ids=["grey", "grey16", "rgb"],
+)
+def test_write_png_round_trips_the_values(tmp_path, array, mode):
+    path = write_png(tmp_path / "out.png", array)
+    assert path == tmp_path / "out.png" and sorted(tmp_path.iterdir()) == [path]
+    with Image.open(path) as image:
+        assert (image.format, image.mode) == ("PNG", mode)
+        assert np.array_equal(np.asarray(image), array)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.zeros((3, 4), np.int32), np.zeros((3, 4, 3), np.uint16), np.zeros((3, 4, 4), np.uint8)],
+    ids=["int32", "rgb16", "rgba"],
+)
+def test_write_png_refuses_other_arrays(tmp_path, array):
+    with pytest.raises(ValueError, match="write_png takes"):
+        write_png(tmp_path / "out.png", array)
+    assert not any(tmp_path.iterdir())

@@ -1,3 +1,6 @@
+"""The trainer: what a run writes, diverged losses, DDP ranks, pretrained starts, validation
+as `emanet eval` scores it, the optimiser, the memory format."""
+
 import json
 import os
 
@@ -5,44 +8,16 @@ import pytest
 import torch
 
 from emanet.cli import main as cli_main
-from emanet.data.toycity import generate_toycity
 from emanet.io.checkpoint import read_checkpoint
 from emanet.models.backbone import ResNetV1c
 from emanet.models.presets import get_preset
 from emanet.models.segmentor import EMANet
-from emanet.training.train import (
-    Run,
-    TrainConfig,
-    TrainingDiverged,
-    build_loaders,
-    build_parser,
-    config_from_args,
-    poly_lr,
-    train,
-)
-
-
-@pytest.fixture(scope="module")
-def city(tmp_path_factory):
-    return generate_toycity(tmp_path_factory.mktemp("city"), train=6, val=2, size=(48, 96), seed=3)
-
-
-def config(city, work_dir, **kw):
-    base = dict(
-        preset="emanet_r18-d8_toycity",
-        data_root=str(city),
-        work_dir=str(work_dir),
-        iters=4,
-        batch_size=2,
-        crop_size=(32, 48),
-        train_scale=(96, 48),
-        checkpoint_interval=2,
-        log_interval=1,
-        num_workers=0,
-        seed=0,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+from emanet.runtime.errors import OutOfMemory
+from emanet.training.config import TrainConfig, build_parser, config_from_args
+from emanet.training.data import build_loaders
+from emanet.training.loop import TrainingDiverged, poly_lr, train
+from emanet.training.run import Run
+from tests.training.conftest import config
 
 
 def test_poly_lr_schedule():
@@ -67,22 +42,6 @@ def test_train_writes_checkpoints_metrics_and_model(city, tmp_path):
         assert torch.equal(saved.state_dict[key], value), key
     # the EM bases moved away from their initialisation by the momentum updates
     assert not torch.equal(EMANet(model.preset).em_unit.bases, model.em_unit.bases)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("workers", [0, 1])
-def test_interrupted_then_resumed_run_equals_uninterrupted(
-    city, tmp_path, train_interrupted, workers
-):
-    straight, _ = train(config(city, tmp_path / "a", num_workers=workers), progress=False)
-    train_interrupted(config(city, tmp_path / "b", num_workers=workers))
-    state = torch.load(tmp_path / "b" / "latest.pth", weights_only=True)
-    assert state["iteration"] == 2
-    resumed, _ = train(
-        config(city, tmp_path / "b", resume=True, num_workers=workers), progress=False
-    )
-    for key, value in straight.state_dict().items():
-        assert torch.equal(resumed.state_dict()[key], value), key
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(city, tmp_path, monkeypatch):
@@ -111,7 +70,7 @@ def test_a_nan_loss_updates_nothing(world):
     # without a process group: the check's position is what differs, not DDP's wrapper.)
     from emanet import build_model
     from emanet.data.transforms import TrainTransform
-    from emanet.training.train import _TrainStep, train_step
+    from emanet.training.loop import TrainStep, train_step
 
     torch.manual_seed(0)
     model = build_model("emanet_r18-d8_toycity").train()
@@ -122,7 +81,7 @@ def test_a_nan_loss_updates_nothing(world):
     batch = (images, torch.zeros(2, 32, 48, dtype=torch.uint8), torch.zeros(2, 1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(TrainingDiverged, match="iteration 5"):
-        train_step(_TrainStep(model), optimizer, TrainTransform(), batch, 4, cfg, run)
+        train_step(TrainStep(model), optimizer, TrainTransform(), batch, 4, cfg, run)
     assert not optimizer.state  # no momentum buffer was created
     for key, value in model.state_dict().items():
         if key.endswith(("running_mean", "running_var", "num_batches_tracked", "bases")):
@@ -146,19 +105,6 @@ def test_two_process_gloo_ddp_keeps_ranks_identical(city, tmp_path, run_gloo):
     assert torch.equal(r0["bases"], r1["bases"])
     assert torch.equal(r0["conv"], r1["conv"])
     assert (tmp_path / "run" / "model.pth").is_file()
-
-
-def test_options_take_their_defaults_from_train_config():
-    required = ["--preset", "p", "--data", "d", "--work-dir", "w"]
-    assert config_from_args(build_parser().parse_args(required)) == TrainConfig(
-        preset="p", data_root="d", work_dir="w"
-    )
-    options = ["--pretrained", "none", "--workers", "3", "--scale", "10", "5", "--compile"]
-    options += ["--no-recompute-norm-relu"]
-    config = config_from_args(build_parser().parse_args([*required, *options]))
-    assert config.pretrained == "none" and config.num_workers == 3 and config.compile
-    assert not config.recompute_norm_relu and TrainConfig("p", "d", "w").recompute_norm_relu
-    assert config.train_scale == (10, 5)
 
 
 def test_pretrained_backbone_is_where_training_starts(city, tmp_path):
@@ -185,20 +131,6 @@ def test_fp16_training_is_refused(city, tmp_path):
         train(config(city, tmp_path, precision="fp16"), progress=False)
 
 
-def test_workers_finish_cpu_batches_as_the_step_would(city, tmp_path):
-    cfg = config(city, tmp_path, num_workers=0)
-    preset = get_preset(cfg.preset)
-    run = Run(rank=0, world=1, device=torch.device("cpu"), precision="fp32")
-    loader, transform, _ = build_loaders(cfg, preset, run)
-    assert loader.dataset.finish  # CPU training: the workers finish the crops
-    finished = next(iter(loader))
-    loader.dataset.finish = False  # as for a GPU: uint8 crops, finished by the step
-    images, labels, params = next(iter(loader))
-    assert images.dtype == torch.uint8 and finished[0].dtype == torch.float32
-    assert torch.equal(transform.finish(images, params), finished[0])  # bit for bit
-    assert torch.equal(labels, finished[1]) and torch.equal(params, finished[2])
-
-
 @pytest.mark.slow
 def test_final_validation_equals_emanet_eval_on_model_pth(city, tmp_path):
     # 48x96 scenes: the preset's test scale (512, 256) resizes them, so the pipeline matters.
@@ -214,7 +146,7 @@ def test_final_validation_equals_emanet_eval_on_model_pth(city, tmp_path):
 
 def test_build_optimizer_is_mmsegs_sgd_over_trainable_parameters():
     from emanet import build_model
-    from emanet.training.train import build_optimizer
+    from emanet.training.loop import build_optimizer
 
     model = build_model("emanet_r18-d8_toycity")
     cfg = TrainConfig(preset="emanet_r18-d8_toycity", data_root="", work_dir="", lr=0.02)
@@ -228,30 +160,8 @@ def test_build_optimizer_is_mmsegs_sgd_over_trainable_parameters():
     assert not group["fused"]  # the fused kernel is for CUDA (tests/test_cuda.py trains with it)
 
 
-def test_resuming_keeps_this_devices_optimizer_implementation(tmp_path):
-    # A state saved by a CUDA run (fused SGD) resumed on the CPU runs the CPU's update, with the
-    # saved momenta.
-    from emanet import build_model
-    from emanet.training.train import build_optimizer, restore_state, save_state
-
-    cfg = TrainConfig(preset="emanet_r18-d8_toycity", data_root="", work_dir="")
-    run = Run(rank=0, world=1, device=torch.device("cpu"), precision="fp32")
-    model = build_model("emanet_r18-d8_toycity")
-    saved = build_optimizer(model, cfg, run)
-    saved.param_groups[0]["fused"] = True  # as build_optimizer makes it on CUDA
-    for p in model.parameters():
-        p.grad = torch.ones_like(p)
-    saved.step()
-    save_state(tmp_path / "latest.pth", model, saved, 7, cfg, run)
-    resumed = build_optimizer(model, cfg, run)
-    assert restore_state(tmp_path / "latest.pth", model, resumed, run) == 7
-    assert not resumed.param_groups[0]["fused"]
-    for p in resumed.param_groups[0]["params"]:
-        assert torch.equal(resumed.state[p]["momentum_buffer"], saved.state[p]["momentum_buffer"])
-
-
 def test_channels_last_is_the_default_and_trains_as_nchw_does(city):
-    from emanet.training.train import (
+    from emanet.training.loop import (
         build_optimizer,
         build_training_model,
         train_step,
@@ -288,3 +198,38 @@ def test_channels_last_is_the_default_and_trains_as_nchw_does(city):
     assert loss == pytest.approx(loss_nchw, rel=1e-5)
     for key, value in state.items():  # one SGD step: the same weights, to float rounding
         torch.testing.assert_close(value, state_nchw[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_running_out_of_memory_is_one_line_saying_what_to_do(city, tmp_path, monkeypatch):
+    real, calls = EMANet.forward_train, {"n": 0}
+
+    def too_big(self, images, labels):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                "allocate memory: you tried to allocate 99999999999 bytes."
+            )
+        return real(self, images, labels)
+
+    monkeypatch.setattr(EMANet, "forward_train", too_big)
+    with pytest.raises(OutOfMemory) as caught:
+        train(config(city, tmp_path), progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and "iteration 3" in message and "2 crops of 32x48" in message
+    assert "latest.pth (iteration 2) is intact" in message and "--batch-size" in message
+    assert "--resume" in message
+
+
+def test_final_validation_at_another_scale_equals_emanet_eval_on_model_pth(city, tmp_path):
+    cfg = config(city, tmp_path, iters=2, val_interval=2, val_scale=(160, 80))
+    _, validation = train(cfg, progress=False)
+    out = tmp_path / "eval.json"
+    args = ["eval", "--model", str(tmp_path / "model.pth"), "--data", str(city), "--out", str(out)]
+    assert cli_main(args) == 0
+    evaluation = json.loads(out.read_text())
+    for key in ("aAcc", "mIoU", "mAcc"):
+        assert abs(validation[key] - evaluation[key]) <= 1e-9, key
+    # and --scale asks for another one
+    assert cli_main([*args, "--scale", "512", "256"]) == 0
+    assert json.loads(out.read_text())["mIoU"] != pytest.approx(validation["mIoU"], abs=1e-9)

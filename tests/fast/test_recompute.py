@@ -10,7 +10,9 @@ from torch import nn
 from emanet import build_model
 from emanet.data.transforms import TrainTransform
 from emanet.fast.recompute import RecomputeNormReLU
-from emanet.training.train import Run, TrainConfig, _TrainStep, train_step, wrap_for_training
+from emanet.training.config import TrainConfig
+from emanet.training.loop import TrainStep, train_step, wrap_for_training
+from emanet.training.run import Run
 
 
 def toy_batch(seed=0):
@@ -143,7 +145,7 @@ def test_two_train_steps_are_the_same_with_and_without():
         model = build_model("emanet_r18-d8_toycity").train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         for iteration in range(2):
-            net = _TrainStep(model, recompute_norm_relu=recompute)
+            net = TrainStep(model, recompute_norm_relu=recompute)
             train_step(net, optimizer, TrainTransform(), batch, iteration, cfg, run)
         states.append(model.state_dict())
     for key, value in states[0].items():

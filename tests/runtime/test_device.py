@@ -6,7 +6,7 @@ from torch import nn
 
 from emanet import build_model
 from emanet.runtime.device import resolve_device, unwrap, usable_cpus
-from emanet.training.train import default_workers
+from emanet.training.data import default_workers
 
 
 @pytest.fixture

@@ -13,9 +13,10 @@ from emanet.io.checkpoint import CheckpointError
 from emanet.io.pretrained import PRETRAINED_BACKBONES, backbone_url, load_backbone
 from emanet.models.backbone import ResNetV1c
 from emanet.models.presets import PRESETS, SMALL_PRESET
-from emanet.training.train import TrainConfig, pretrained_source
+from emanet.training.config import TrainConfig
+from emanet.training.loop import pretrained_source
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 R50 = "emanet_r50-d8_512x1024_80k_cityscapes"
 
 

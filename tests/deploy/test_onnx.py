@@ -1,6 +1,7 @@
 """ONNX export: onnxruntime gives the PyTorch logits, the file says what it holds, and what
 cannot be exported says why."""
 
+import importlib.metadata
 import importlib.util
 import json
 from collections import Counter
@@ -11,7 +12,9 @@ import torch
 
 from emanet import build_model
 from emanet.cli import main
+from emanet.deploy import onnx as onnx_export
 from emanet.deploy.onnx import ExportError, export_onnx
+from emanet.models.ema import EMOptions
 from emanet.predict import Segmenter
 
 ort = pytest.importorskip("onnxruntime", reason="the 'export' extra is not installed")
@@ -22,7 +25,7 @@ TOLERANCE = 1e-4  # max |ONNX - PyTorch| / max |PyTorch|
 
 def relative_difference(session, model, images, num_iterations=None):
     with torch.no_grad():
-        reference = model.eval()(images, num_iterations=num_iterations).numpy()
+        reference = model.eval()(images, EMOptions(num_iterations)).numpy()
     (logits,) = session.run(["logits"], {"images": images.numpy()})
     assert logits.shape == reference.shape
     return float(np.abs(logits - reference).max() / np.abs(reference).max())
@@ -67,6 +70,7 @@ def test_metadata_records_iterations_preset_and_pipeline(bundled_dynamic):
     assert json.loads(meta["preset_config"])["ema_channels"] == preset.ema_channels
     assert json.loads(meta["classes"])[:2] == ["road", "sidewalk"]
     assert json.loads(meta["mean"]) == [123.675, 116.28, 103.53]
+    assert meta["emanet_version"] == importlib.metadata.version("emanet")
     # EM unrolled: one softmax per E-step; two matmuls per iteration plus the reconstruction.
     ops = op_counts(bundled_dynamic)
     assert ops["Softmax"] == 2 and ops["MatMul"] == 2 * 2 + 1
@@ -142,3 +146,11 @@ def test_missing_exporter_packages_name_the_extra(tmp_path, monkeypatch):
     )
     with pytest.raises(ExportError, match=r"onnxscript.*emanet\[export\]"):
         export_onnx(build_model("emanet_r18-d8_toycity"), tmp_path / "m.onnx")
+
+
+def test_version_without_an_installed_package(monkeypatch):
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert onnx_export._package_version() == "unknown"

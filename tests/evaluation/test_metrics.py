@@ -1,24 +1,19 @@
-import collections
+"""IoU / accuracy and iIoU against plain-loop references of the official Cityscapes rules, the
+DDP reduction, and the text tables."""
+
 import math
 import os
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from emanet import build_model
-from emanet.data import CityscapesDataset, generate_toycity
-from emanet.evaluation.evaluate import (
+from emanet.evaluation.metrics import (
     CITYSCAPES_AVG_INSTANCE_SIZE,
     InstanceIoUMetric,
     IoUMetric,
-    evaluate_segmenter,
-    export_cityscapes_results,
-    result_file_name,
-    save_train_id_png,
+    format_table,
 )
-from emanet.predict import Segmenter
 
 # Cityscapes labelId of each trainId (cityscapesScripts helpers/labels.py), written out here so
 # that the tests do not depend on the library's own table.
@@ -195,6 +190,18 @@ def test_format_table_lists_every_class():
         metric.format_table(names[:3])
 
 
+def test_format_table_layout():
+    table = format_table(["road", "sky"], {"IoU": [12.5, math.nan], "Acc": [100.0, 0.0]}, "end")
+    assert table.splitlines() == [
+        "Class |    IoU |    Acc",
+        "------+--------+-------",
+        "road  |  12.50 | 100.00",
+        "sky   |    nan |   0.00",
+        "------+--------+-------",
+        "end",
+    ]
+
+
 # ----------------------------------------------------------------------------------------------
 # DDP reduction
 
@@ -309,6 +316,21 @@ def test_iiou_instances_are_per_image_in_a_batch():
         assert by_class[13] == pytest.approx(100 * expected, rel=1e-12)
 
 
+def test_iiou_table_lists_the_instance_classes_by_name():
+    pred, target, inst = _random_instance_batch(seed=4)
+    metric = InstanceIoUMetric()
+    metric.update(pred, target, inst)
+    res = metric.compute()
+    names = [f"name-{i}" for i in range(19)]
+    *rows, summary = metric.format_table(names).splitlines()
+    assert len({len(row) for row in rows}) == 1  # columns aligned
+    body = [row.split(" | ") for row in rows[2:-1]]
+    assert [name.strip() for name, _ in body] == [names[c] for c in res["classes"]]
+    for (_, value), expected in zip(body, res["class_iIoU"], strict=True):
+        assert value.strip() == f"{expected:.2f}"
+    assert summary == f"iIoU {res['iIoU']:.2f}"
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_iiou_random_against_reference(seed):
     pred, target, inst = _random_instance_batch(seed=10 + seed, n=3)
@@ -318,112 +340,3 @@ def test_iiou_random_against_reference(seed):
     np.testing.assert_allclose(metric.compute()["class_iIoU"], expected, rtol=1e-12, equal_nan=True)
     metric.reset()
     assert metric.tp_weighted.sum() == 0 and metric.fp.sum() == 0
-
-
-# ----------------------------------------------------------------------------------------------
-# result files
-
-
-def test_export_writes_label_ids_with_official_name(tmp_path):
-    pred = np.array([[0, 1, 13], [18, 11, 10]])
-    image = "/data/leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png"
-    path = export_cityscapes_results(torch.from_numpy(pred), image, tmp_path / "results")
-    assert path == tmp_path / "results" / "frankfurt_000000_000294_leftImg8bit.png"
-    with Image.open(path) as im:
-        assert im.mode == "L"
-        written = np.array(im)
-    assert written.tolist() == [[7, 8, 26], [33, 24, 23]]
-    every = np.arange(19).reshape(1, 19)
-    path = export_cityscapes_results(every, "munster_000012_000019_leftImg8bit.png", tmp_path)
-    assert np.array(Image.open(path)).ravel().tolist() == LABEL_ID_OF_TRAIN_ID
-
-
-def test_result_file_name_rules():
-    assert result_file_name("a/b/lindau_000001_000019_leftImg8bit.png") == (
-        "lindau_000001_000019_leftImg8bit.png"
-    )
-    assert result_file_name("lindau_000001_000019_leftImg8bit.jpg").endswith("_leftImg8bit.png")
-    with pytest.raises(ValueError):
-        result_file_name("/tmp/holiday_photo.png")
-
-
-def test_save_train_id_png_round_trip(tmp_path):
-    pred = np.array([[0, 18, 255], [5, 5, 11]])
-    path = save_train_id_png(pred, tmp_path / "sub" / "x.png")
-    with Image.open(path) as im:
-        assert im.mode == "L" and np.array(im).tolist() == pred.tolist()
-    with pytest.raises(ValueError):
-        save_train_id_png(np.array([[300]]), tmp_path / "bad.png")
-
-
-# ----------------------------------------------------------------------------------------------
-# the evaluation loop
-
-
-@pytest.fixture(scope="module")
-def small_city(tmp_path_factory):
-    # 48x96 scenes: the small preset's test scale (512, 256) resizes them, so the test-time
-    # pipeline matters.
-    root = tmp_path_factory.mktemp("city")
-    return generate_toycity(root, train=4, val=3, size=(48, 96), seed=5)
-
-
-@pytest.fixture(scope="module")
-def random_segmenter():
-    torch.manual_seed(0)
-    return Segmenter(build_model("emanet_r18-d8_toycity"), device="cpu")
-
-
-def test_evaluate_segmenter_decodes_every_image_once_and_scores_like_a_plain_loop(
-    small_city, random_segmenter
-):
-    decoded = collections.Counter()
-
-    class CountingDataset(CityscapesDataset):
-        def load_pair(self, index):
-            decoded[index] += 1
-            return super().load_pair(index)
-
-    inputs = []
-
-    class RecordingSegmenter:
-        """The segmenter, noting what it is given (a path would be decoded a second time)."""
-
-        classes = random_segmenter.classes
-
-        def __call__(self, image, **options):
-            inputs.append(image)
-            return random_segmenter(image, **options)
-
-    dataset = CountingDataset(small_city, "val")
-    report = evaluate_segmenter(RecordingSegmenter(), dataset, progress=False)
-    assert decoded == {0: 1, 1: 1, 2: 1}
-    assert all(isinstance(image, np.ndarray) for image in inputs), [type(i) for i in inputs]
-
-    metric = IoUMetric()
-    for index in range(len(dataset)):
-        metric.update(random_segmenter(dataset.images[index]).labels, dataset.load_label(index))
-    expected = metric.compute()
-    assert report["metrics"]["mIoU"] == pytest.approx(expected["mIoU"], abs=1e-12, nan_ok=True)
-    assert report["metrics"]["images"] == 3 and "iIoU" in report["metrics"]
-
-
-def _sharded_eval(rank, world, city, out_dir):
-    torch.manual_seed(0)
-    segmenter = Segmenter(build_model("emanet_r18-d8_toycity"), device="cpu")
-    dataset = CityscapesDataset(city, "val")
-    report = evaluate_segmenter(segmenter, dataset, progress=False, rank=rank, world_size=world)
-    torch.save(report["metrics"], os.path.join(out_dir, f"metrics{rank}.pt"))
-
-
-@pytest.mark.slow
-def test_evaluate_segmenter_shared_across_ranks_equals_one_process(
-    small_city, random_segmenter, tmp_path, run_gloo
-):
-    run_gloo(_sharded_eval, str(small_city), str(tmp_path))
-    alone = evaluate_segmenter(random_segmenter, CityscapesDataset(small_city, "val"))["metrics"]
-    for rank in range(2):
-        shared = torch.load(tmp_path / f"metrics{rank}.pt", weights_only=True)
-        assert shared.keys() == alone.keys()
-        for key in ("aAcc", "mIoU", "mAcc", "iIoU"):
-            assert shared[key] == pytest.approx(alone[key], abs=1e-12, nan_ok=True)
