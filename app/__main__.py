@@ -1,5 +1,5 @@
 """``python -m app [--host H] [--port N] [--model NAME_OR_PATH] [--device D] [--precision P]
-[--share]``.
+[--share]`` from a clone; ``emanet app ...`` after ``pip install 'emanet[app]'``.
 
 Serves on 127.0.0.1 (this machine only) unless told otherwise; a public Gradio share link is
 opened only with ``--share``.
@@ -10,18 +10,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from emanet.cli import configure_logging
 from emanet.io.checkpoint import CheckpointError
 from emanet.runtime.device import add_runtime_arguments, check_runtime
+from emanet.runtime.logs import configure_logging
 
 from . import build_demo  # importing the package switches Gradio's analytics off first
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m app",
-        description="EMANet segmentation and EM attention explorer (a Gradio web app).",
-    )
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The app's command-line options (``python -m app`` and ``emanet app`` alike)."""
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     parser.add_argument(
@@ -35,6 +32,15 @@ def main(argv: list[str] | None = None) -> None:
         default="64mb",
         help="largest upload accepted, images and checkpoints alike (default: 64mb)",
     )
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m app") -> None:
+    """Serve the app (``emanet app`` calls this with ``prog="emanet app"``)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="EMANet segmentation and EM attention explorer (a Gradio web app).",
+    )
+    add_options(parser)
     args = parser.parse_args(argv)
     configure_logging()
     try:
@@ -48,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
             default_model=args.model, preload=True, device=str(device), precision=args.precision
         )
     except CheckpointError as error:
-        sys.exit(f"python -m app: {error}")
+        sys.exit(f"{prog}: {error}")
     demo.launch(
         server_name=args.host,
         server_port=args.port,

@@ -12,10 +12,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from emanet.data.toycity import render_scene
-from emanet.io.atomic import atomic_write
+from emanet.io.images import write_png
 
 __all__ = ["example_images", "photo_examples", "toycity_examples", "toycity_val_examples"]
 
@@ -34,7 +33,7 @@ def _save_once(path: Path, draw) -> None:
     """Write ``draw()`` (an ``(H, W, 3)`` uint8 array) to ``path`` as PNG unless it exists
     (atomically: two app processes may share the folder)."""
     if not path.exists():
-        atomic_write(path, lambda tmp: Image.fromarray(draw()).save(tmp, format="PNG"))
+        write_png(path, draw())
 
 
 def toycity_examples(folder: Path, count: int = 3) -> list[tuple[str, str]]:

@@ -1,6 +1,9 @@
-"""A fast, lossless PNG codec for the app's images, and the writer that serves them as files.
+"""The app's images as PNG files: a lossless encoder of numpy and zlib, and the writer that
+serves its files to ``gr.Image`` outputs.
 
-numpy and zlib rather than PIL: see :func:`encode_png`.
+Gradio would encode the arrays itself, with PIL at PNG's default level 6; this encoder writes
+level 1 with numpy and zlib. ``benchmarks/bench_app.py --variants`` measures both alternatives
+(Gradio's, PIL's at level 1) against it on /segment.
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ def _png_chunk(tag: bytes, body: bytes) -> bytes:
 
 
 def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
-    """A lossless 8-bit PNG of a ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` array (cast to uint8).
+    """A lossless 8-bit PNG of a ``(H, W)``, ``(H, W, 2)``, ``(H, W, 3)`` or ``(H, W, 4)``
+    array (cast to uint8).
 
-    numpy and zlib rather than PIL: PIL's PNG encoder takes ~2x as long at level 1 (~20x at
-    level 0) and takes the GIL back after every 64 KiB it writes, so it crawls next to a busy
-    thread; ``zlib.compress`` holds the GIL for none of its work. Rows are filtered with PNG's
-    "Up" filter (each row minus the one above) when compressed, stored as they are at level 0.
+    Rows are filtered with PNG's "Up" filter (each row minus the one above, a numpy
+    subtraction) when compressed, stored as they are at level 0; ``zlib.compress`` releases the
+    GIL while it works.
     """
     pixels = np.ascontiguousarray(array, dtype=np.uint8)
     height, width = pixels.shape[:2]
@@ -61,15 +64,11 @@ def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
 
 
 class PngWriter:
-    """Writes uint8 images (see :func:`encode_png`) as PNG files for ``gr.Image`` outputs;
-    returns their paths. Thread-safe.
+    """``writer(array, name)``: ``array`` (see :func:`encode_png`) as a new PNG file in
+    ``folder``; returns its path. Thread-safe.
 
-    Given an array, Gradio encodes it itself at PNG's default level 6: ~300 ms for a
-    1024-pixel overlay on 2 cores, a visible share of a request. Level 1 (the default here)
-    takes ~13 ms for it, ~15% larger and just as lossless; level 0 stores the pixels (~1 ms,
-    1.7-2.5x the bytes of level 1). Gradio copies a returned file into its own
-    cache before it answers, so only the ``keep`` most recent files are kept here; the folder
-    goes with this object (or at exit).
+    Gradio copies a returned file into its own cache before it answers, so only the ``keep``
+    most recent files are kept here; a temporary folder goes with this object (or at exit).
     """
 
     def __init__(
@@ -82,13 +81,11 @@ class PngWriter:
         self._keep = keep
         self._lock = threading.Lock()
         if folder is None:
-            self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
+            weakref.finalize(self, shutil.rmtree, self.folder, True)
 
-    def __call__(self, array: np.ndarray, name: str, compress_level: int | None = None) -> str:
-        level = self.compress_level if compress_level is None else compress_level
-        data = encode_png(array, level)
+    def __call__(self, array: np.ndarray, name: str) -> str:
         path = self.folder / f"{name}-{uuid.uuid4().hex[:12]}.png"
-        path.write_bytes(data)
+        path.write_bytes(encode_png(array, self.compress_level))
         with self._lock:
             self._recent.append(path)
             while len(self._recent) > self._keep:

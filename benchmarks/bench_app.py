@@ -1,7 +1,7 @@
 """End-to-end latency of the app's /segment endpoint against the model's bare inference.
 
-Launches the app on 127.0.0.1 (a free port) with the bundled model (or --model), sends the same
-1024x512 image N times through gradio_client, and prints p50, p95 and
+Launches the app on 127.0.0.1 with the bundled model (or --model), sends the same 1024x512
+image N times through gradio_client, and prints p50, p95 and
 
     ratio = end-to-end p50 / bare inference p50     (target <= 1.5)
 
@@ -17,26 +17,50 @@ Three more lines tell the app's cost from Gradio's and the client library's:
   read GET /gradio_api/call/segment/{event_id} until its ``complete`` event, GET every output
   file), and its ratio to bare inference;
 - an ideal endpoint through gradio_client: the app itself (``build_demo``) with an
-  :class:`app.handlers.Explorer` whose ``segment`` only sleeps for the bare inference time and
-  returns one real answer (its files copied afresh each call). Its ratio is the
-  lowest any app can reach through gradio_client on this machine: the client opens a new httpx
-  client (loading its TLS certificates, ~16 ms on 2 cores) for the upload, the queue join and
-  every file it downloads, and looks for the answer every 50 ms (``time.sleep(0.05)``).
+  :class:`emanet.app.handlers.Explorer` whose ``segment`` only sleeps for the bare inference
+  time and returns one real answer (its files copied afresh each call). Its ratio is the lowest
+  any app can reach through gradio_client on this machine (the client opens a new httpx client for
+  every upload, queue join and download, and looks for the answer every 50 ms).
 
-Usage: python benchmarks/bench_app.py [--requests 10] [--model NAME_OR_PATH]
+``--variants`` measures instead the app's two speed tricks side by side with what they
+replace, in one run: the same /segment requests to one server, interleaved (every round sends
+one request to each variant, in a rotating order), to the app as it is; to the app whose
+handlers return arrays for Gradio to encode (PIL at PNG's default level 6) or whose files PIL
+writes at the same level 1, instead of :mod:`emanet.app.png`'s encoder; and to the app whose
+picture labels Pillow draws one by one instead of :mod:`emanet.viz.render`'s glyph stamps.
+"The app again" is a second copy of the first variant: its difference from the first shows the
+noise of the run.
+
+``--compare URL [URL ...]`` instead times the apps already serving at these URLs,
+interleaved, each in its own process (a server in this one would share its GIL with the
+clients), e.g. this checkout's app against another commit's (same venv):
+
+    mkdir /tmp/emanet-base && git archive HEAD | tar -x -C /tmp/emanet-base
+    (cd /tmp/emanet-base && python -m app --device cpu --port 7861) &
+    python -m app --device cpu --port 7862 &
+    python benchmarks/bench_app.py --compare http://127.0.0.1:7862/ http://127.0.0.1:7861/
+
+Both print p50, p95 and the p50 ratio to the first entry through gradio_client and over plain
+HTTP, whose times are not rounded up to the client's 50 ms polling.
+
+Usage: python benchmarks/bench_app.py [--requests 10] [--model NAME_OR_PATH] [--variants]
+       [--compare URL [URL ...]]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -44,23 +68,26 @@ import gradio as gr  # noqa: E402
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 from timing import wall_times  # noqa: E402
 
-from app.handlers import BUNDLED, DEFAULTS, Explorer  # noqa: E402
-from app.ui import build_demo  # noqa: E402
+from emanet.app import png  # noqa: E402
+from emanet.app.handlers import Explorer  # noqa: E402
+from emanet.app.session import BUNDLED, DEFAULTS  # noqa: E402
+from emanet.app.ui import build_demo  # noqa: E402
 from emanet.data.toycity import render_scene  # noqa: E402
 from emanet.predict import Segmenter  # noqa: E402
+from emanet.viz import render  # noqa: E402
 
 
 def percentile(values, q):
     return float(np.percentile(np.asarray(values), q))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def serve(demo: gr.Blocks) -> str:
+    """Launch ``demo`` on 127.0.0.1 (Gradio picks a free port); its URL."""
+    demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    return demo.local_url
 
 
 def rest_segment(http: httpx.Client, api: str, path: str) -> list:
@@ -110,69 +137,160 @@ class IdealExplorer(Explorer):
         return (*fresh, *self.answer[2:6], None)
 
 
-def client_times(url: str, path: str, requests: int) -> list[float]:
-    """Seconds of each /segment call of ``path`` through gradio_client (one client)."""
+def pil_png(array: np.ndarray, compress_level: int = 1) -> bytes:
+    """PIL's PNG encoder: the alternative to :func:`emanet.app.png.encode_png`."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def pil_draw_labels(canvas: np.ndarray, labels) -> None:
+    """Pillow drawing each label: the alternative to the glyph stamps of
+    :func:`emanet.viz.render._draw_labels` (the same pixels)."""
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    for xy, text in labels:
+        if text.strip():
+            left, top, right, bottom = draw.textbbox(xy, text)
+            draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=(0, 0, 0))
+            draw.text(xy, text, fill=(255, 255, 255))
+    canvas[:] = np.asarray(image)
+
+
+def variants(explorer: Explorer) -> dict[str, Callable[[], contextlib.AbstractContextManager]]:
+    """Each variant of the app: a context in which ``explorer`` answers as that variant does."""
+    return {
+        "the app": contextlib.nullcontext,
+        "Gradio encodes the PNGs (arrays out)": lambda: mock.patch.object(
+            explorer, "png", lambda array, name: array
+        ),
+        "PIL writes the PNGs (level 1)": lambda: mock.patch.object(png, "encode_png", pil_png),
+        "PIL draws the labels": lambda: mock.patch.object(render, "_draw_labels", pil_draw_labels),
+        "the app again": contextlib.nullcontext,
+    }
+
+
+def interleaved(calls: dict, rounds: int) -> dict:
+    """Seconds of each call of each entry: one warm-up each, then ``rounds`` rounds of one call
+    of every entry, the order rotated by one every round."""
+    names = list(calls)
+    for name in names:
+        calls[name]()
+    times: dict = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def client_call(url: str, path: str, variant=contextlib.nullcontext) -> Callable[[], object]:
+    """One /segment request of ``path`` through gradio_client (one client), in ``variant``."""
     client = Client(url, verbose=False)
-    return wall_times(
-        lambda: client.predict(handle_file(path), api_name="/segment"), requests, warmup=1
+
+    def call():
+        with variant():
+            return client.predict(handle_file(path), api_name="/segment")
+
+    return call
+
+
+def rest_call(http: httpx.Client, url: str, path: str, variant=contextlib.nullcontext):
+    """One /segment request of ``path`` over the REST route, in ``variant``."""
+
+    def call():
+        with variant():
+            return rest_segment(http, f"{url}gradio_api", path)
+
+    return call
+
+
+def line(name: str, times: list[float], reference: list[float], note: str = "") -> None:
+    p50 = percentile(times, 50)
+    print(
+        f"{name:38s} p50 {p50 * 1e3:6.1f} ms   p95 {percentile(times, 95) * 1e3:6.1f} ms"
+        f"   vs {p50 / percentile(reference, 50):.3f}{note}"
     )
 
 
-def launched(demo: gr.Blocks) -> tuple[gr.Blocks, str]:
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    return demo, f"http://127.0.0.1:{port}/"
+def side_by_side(apps: dict[str, tuple], path: str, requests: int) -> None:
+    """Print the interleaved end-to-end times of each ``name: (url, variant)``, through
+    gradio_client and over plain HTTP (whose times are not rounded up to the client's 50 ms
+    polling, so that it shows differences of a few milliseconds)."""
+    with httpx.Client(timeout=120) as http:
+        calls = {}
+        for name, (url, variant) in apps.items():
+            calls["gradio_client", name] = client_call(url, path, variant)
+            calls["plain HTTP", name] = rest_call(http, url, path, variant)
+        times = interleaved(calls, requests)
+    first = next(iter(apps))
+    for route in ("gradio_client", "plain HTTP"):
+        print(f"{route}: /segment end to end, {requests} interleaved rounds; vs = p50 ratio")
+        for name in apps:
+            line(name, times[route, name], times[route, first])
+
+
+def baseline(explorer: Explorer, segmenter, path: str, tmp: str, requests: int) -> None:
+    """The default report: bare inference, the handler, REST, gradio_client, the ideal app."""
+    bare = wall_times(lambda: segmenter(path), requests, warmup=1)
+    demo = build_demo(explorer=explorer, examples_dir=tmp)
+    url = serve(demo)
+    try:
+        payload = {"path": path, "meta": {"_type": "gradio.FileData"}}
+        inputs = [payload, BUNDLED, *DEFAULTS.values(), None]
+        handler = wall_times(lambda: explorer.segment(*inputs), requests, warmup=1)
+        answer = explorer.segment(*inputs)
+        answer = (*(shutil.copy(view, tmp) for view in answer[:2]), *answer[2:])
+        e2e = wall_times(client_call(url, path), requests, warmup=1)
+        with httpx.Client(timeout=120) as http:
+            rest = wall_times(rest_call(http, url, path), requests, warmup=1)
+    finally:
+        demo.close()
+    seconds = percentile(bare, 50)
+    ideal = IdealExplorer(answer, seconds, Path(tmp), segmenter_factory=lambda name: segmenter)
+    ideal_demo = build_demo(explorer=ideal, examples_dir=tmp)
+    url = serve(ideal_demo)
+    try:
+        floor = wall_times(client_call(url, path), requests, warmup=1)
+    finally:
+        ideal_demo.close()
+    print(f"model {segmenter.preset.name}, image 1024x512, {requests} requests; vs = bare p50")
+    line("bare inference", bare, bare)
+    line("/segment handler, in-process", handler, bare, "  (the app's own overhead)")
+    line("plain HTTP (httpx, REST route)", rest, bare)
+    line("end to end through gradio_client", e2e, bare, "  (targets: p50 <= 2000 ms, <= 1.5)")
+    line("ideal endpoint via gradio_client", floor, bare, "  (sleeps the bare time)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--model")
+    parser.add_argument("--variants", action="store_true", help="the speed tricks side by side")
+    parser.add_argument("--compare", nargs="+", metavar="URL", help="apps serving at URLs")
     args = parser.parse_args()
-    segmenter = Segmenter.from_pretrained(args.model)
     image, _, _ = render_scene(512, 1024, np.random.default_rng(2024))
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "street_1024x512.png")
         Image.fromarray(image).save(path)
-        bare = wall_times(lambda: segmenter(path), args.requests, warmup=1)
-
-        def factory(name):
-            return segmenter
-
-        explorer = Explorer(factory, preload=True)
-        demo, url = launched(build_demo(explorer=explorer, examples_dir=tmp))
+        if args.compare:
+            side_by_side(
+                {url: (url, contextlib.nullcontext) for url in args.compare}, path, args.requests
+            )
+            return
+        segmenter = Segmenter.from_pretrained(args.model)
+        explorer = Explorer(lambda name: segmenter, preload=True)
+        if not args.variants:
+            baseline(explorer, segmenter, path, tmp, args.requests)
+            return
+        demo = build_demo(explorer=explorer, examples_dir=tmp)
+        url = serve(demo)
         try:
-            payload = {"path": path, "meta": {"_type": "gradio.FileData"}}
-            inputs = [payload, BUNDLED, *DEFAULTS.values(), None]
-            handler = wall_times(lambda: explorer.segment(*inputs), args.requests, warmup=1)
-            answer = explorer.segment(*inputs)
-            answer = (*(shutil.copy(view, tmp) for view in answer[:2]), *answer[2:])
-            e2e = client_times(url, path, args.requests)
-            with httpx.Client(timeout=120) as http:
-                api = f"{url}gradio_api"
-                rest = wall_times(lambda: rest_segment(http, api, path), args.requests, warmup=1)
+            apps = {name: (url, variant) for name, variant in variants(explorer).items()}
+            side_by_side(apps, path, args.requests)
         finally:
             demo.close()
-        ideal = IdealExplorer(answer, percentile(bare, 50), Path(tmp), segmenter_factory=factory)
-        ideal, url = launched(build_demo(explorer=ideal, examples_dir=tmp))
-        try:
-            floor = client_times(url, path, args.requests)
-        finally:
-            ideal.close()
-
-    def line(name, times, note=""):
-        p50 = percentile(times, 50)
-        print(
-            f"{name:34s} p50 {p50 * 1e3:6.1f} ms   p95 {percentile(times, 95) * 1e3:6.1f} ms"
-            f"   ratio to bare {p50 / percentile(bare, 50):.2f}{note}"
-        )
-
-    print(f"model {segmenter.preset.name}, image 1024x512, {args.requests} requests")
-    line("bare inference", bare)
-    line("/segment handler, in-process", handler, "  (the app's own overhead)")
-    line("plain HTTP (httpx, REST route)", rest)
-    line("end to end through gradio_client", e2e, "  (targets: p50 <= 2000 ms, ratio <= 1.5)")
-    line("ideal endpoint via gradio_client", floor, "  (sleeps the bare time: the lowest ratio)")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """docs/app.png: the app on the bundled model, a toy-city example run as a person would see it.
 
-The app is served on a free loopback port; Debian's chromium (driven by Playwright, never a
-downloaded browser) opens it, clicks a toy-city example (the run starts by itself, as it does
-for a person), waits for every view and saves the whole page. ``make screenshot`` runs it.
+The app is served on loopback (Gradio picks a free port); Debian's chromium (driven by
+Playwright, never a downloaded browser) opens it, clicks a toy-city example (the run starts by
+itself, as it does for a person), waits for every view and saves the whole page.
+``make screenshot`` runs it.
 
 Usage:
     python benchmarks/screenshot_app.py                      # docs/app.png, scene 1, CPU
@@ -15,7 +16,6 @@ import argparse
 import io
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -27,18 +27,12 @@ from PIL import Image
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.pop("EMANET_TOYCITY", None)
 
-from app import build_demo  # noqa: E402
-from app.examples import toycity_examples  # noqa: E402
-from app.handlers import Explorer  # noqa: E402
+from emanet.app import build_demo  # noqa: E402
+from emanet.app.examples import toycity_examples  # noqa: E402
+from emanet.app.handlers import Explorer  # noqa: E402
 from emanet.io.atomic import atomic_write  # noqa: E402
 
 VIEWS = ("#overlay img", "#attention-grid img", "#base-strip img", "#base-class img")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def screenshot(url: str, caption: str, chromium: str, width: int) -> bytes:
@@ -77,10 +71,9 @@ def main() -> None:
         explorer = Explorer(preload=True, device=args.device)
         demo = build_demo(explorer=explorer, examples_dir=folder)
         caption = toycity_examples(Path(folder))[args.example - 1][1]
-        port = free_port()
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+        demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
         try:
-            png = screenshot(f"http://127.0.0.1:{port}/", caption, chromium, args.width)
+            png = screenshot(demo.local_url, caption, chromium, args.width)
         finally:
             demo.close()
     image = Image.open(io.BytesIO(png))

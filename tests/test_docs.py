@@ -170,7 +170,12 @@ def command_problems(text: str, parser: argparse.ArgumentParser) -> list[str]:
 
 @pytest.fixture(scope="module")
 def parser():
-    return build_parser()
+    """emanet's parser; `emanet app` hands its options to the app, whose parser has them."""
+    from emanet.app.__main__ import add_options
+
+    cli = build_parser()
+    add_options(subcommands(cli)["app"])
+    return cli
 
 
 def _name(path: Path) -> str:

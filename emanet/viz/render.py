@@ -2,9 +2,10 @@
 
 Everything here reads :class:`~emanet.models.ema.EMTrace` records, never models, and returns numpy
 arrays or plain numbers. The ``*_grid`` / ``*_image`` / ``base_across_iterations`` functions
-return ``(H, W, 3)`` uint8 images built with numpy and Pillow: they sit on the app's hot path
-and must take milliseconds. Matplotlib figures of the same things are in
-:mod:`emanet.viz.figures`; matplotlib is used here only for its colour maps.
+return ``(H, W, 3)`` uint8 images built with numpy and Pillow, fast enough for the app.
+Matplotlib figures of the same things are in :mod:`emanet.viz.figures`; matplotlib is used here
+only for its colour maps. The measures of how decided the pixels are come from
+:mod:`emanet.models.attention`, so the app, the notebooks and the benchmarks report one number.
 
 Iterations are counted from 1 as in the paper (``t = 1..T``); ``-1`` means the last one.
 """
@@ -12,12 +13,14 @@ Iterations are counted from 1 as in the paper (``t = 1..T``); ``-1`` means the l
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
+from emanet.models.attention import AttentionStats, trace_stats
 from emanet.models.ema import EMTrace
 
 __all__ = [
@@ -30,7 +33,6 @@ __all__ = [
     "convergence",
     "base_class_matrix",
     "base_class_image",
-    "legend_image",
 ]
 
 # Colour look-up tables, (256, 3) uint8: indexing is much faster than calling the colormap.
@@ -103,6 +105,12 @@ def _picture(image) -> np.ndarray:
     return np.ascontiguousarray(array[..., :3], dtype=np.uint8)
 
 
+def _blend(under: np.ndarray, over: np.ndarray, opacity: float) -> np.ndarray:
+    """``over`` (uint8 colours) drawn with ``opacity`` on ``under`` (uint8, broadcastable)."""
+    mixed = under.astype(np.float32) * (1.0 - opacity) + over.astype(np.float32) * opacity
+    return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+
+
 def _vmax(maps: np.ndarray, vmax: float | None) -> float:
     """The value drawn brightest: ``vmax`` or the maps' maximum (never 0)."""
     if vmax is None:
@@ -110,36 +118,51 @@ def _vmax(maps: np.ndarray, vmax: float | None) -> float:
     return max(float(vmax), 1e-12)
 
 
-def _tile_size(h: int, w: int, tile: int) -> tuple[int, int]:
-    """A tile ``tile`` pixels high with the feature map's aspect ratio."""
-    return tile, max(1, round(tile * w / h))
+@dataclass(frozen=True)
+class _Glyph:
+    """One character of Pillow's default font, rendered once."""
+
+    advance: float  # how far the pen moves after it
+    box: tuple[int, int, int, int]  # its ink's (left, top, right, bottom), the pen at (0, 0)
+    mask: np.ndarray  # (h, w) uint8 ink with the pen at ``offset``
+    offset: tuple[int, int]
 
 
-def _stamp_labels(canvas: np.ndarray, labels: Sequence[tuple[tuple[int, int], str]]) -> None:
+def _glyph(font, char: str) -> _Glyph:
+    left, top, right, bottom = font.getbbox(char)
+    # The margin keeps ink left of or above the pen (e.g. a comma's tail), as Pillow does.
+    ox, oy = max(0, -left), max(0, -top)
+    mask = Image.new("L", (max(right + ox, 1), max(bottom + oy, 1)), 0)
+    ImageDraw.Draw(mask).text((ox, oy), char, fill=255, font=font)
+    return _Glyph(font.getlength(char), (left, top, right, bottom), np.asarray(mask), (ox, oy))
+
+
+def _paste_ink(canvas: np.ndarray, mask: np.ndarray, x: int, y: int) -> None:
+    """Brighten ``canvas`` to the ``(h, w)`` ``mask`` placed with its corner at ``(x, y)``
+    (clipped to the canvas)."""
+    cx, cy = max(x, 0), max(y, 0)
+    region = canvas[cy : y + mask.shape[0], cx : x + mask.shape[1]]
+    if region.size:
+        ink = mask[cy - y : cy - y + region.shape[0], cx - x : cx - x + region.shape[1]]
+        np.maximum(region, ink[..., None], out=region)
+
+
+def _draw_labels(canvas: np.ndarray, labels: Sequence[tuple[tuple[int, int], str]]) -> None:
     """Write each ``((x, y), text)`` white on a black box into a ``(H, W, 3)`` uint8 array.
 
     Pixel for pixel what Pillow draws with its default font (``textbbox``, a rectangle one
     pixel larger, ``text``; the font has no kerning), but each character is rendered once per
-    call and pasted with numpy: Pillow lays out and renders every string from scratch
-    (~0.15 ms each), 10 ms for the app's 64 grid labels.
+    call and pasted with numpy, where Pillow lays out and renders every string anew: the app's
+    attention grid has 64 labels (``benchmarks/bench_app.py --variants`` measures the gain).
     """
     font = ImageFont.load_default()
-    # character -> (advance, bbox at pen (0, 0), uint8 mask whose (0, 0) is the pen at (-ox, -oy));
-    # the margin keeps ink left of or above the pen (e.g. a comma's tail), as Pillow does.
-    glyphs = {}
-    for char in {c for _, text in labels for c in text}:
-        left, top, right, bottom = font.getbbox(char)
-        ox, oy = max(0, -left), max(0, -top)
-        mask = Image.new("L", (max(right + ox, 1), max(bottom + oy, 1)), 0)
-        ImageDraw.Draw(mask).text((ox, oy), char, fill=255, font=font)
-        glyphs[char] = (font.getlength(char), (left, top, right, bottom), np.asarray(mask), ox, oy)
-    height, width = canvas.shape[:2]
+    glyphs = {char: _glyph(font, char) for char in {c for _, text in labels for c in text}}
     for (x, y), text in labels:
-        placed, pen = [], 0.0  # (pen x, glyph) per character
+        placed, pen = [], 0.0  # (pen x, glyph) of each character
         for char in text:
             placed.append((int(pen), glyphs[char]))
-            pen += glyphs[char][0]
-        inked = [(px, box) for px, (_, box, *_) in placed if box[3] > box[1]]
+            pen += glyphs[char].advance
+        inked = [(px, glyph.box) for px, glyph in placed if glyph.box[3] > glyph.box[1]]
         if not inked:
             continue
         left = min(px + box[0] for px, box in inked)
@@ -147,13 +170,29 @@ def _stamp_labels(canvas: np.ndarray, labels: Sequence[tuple[tuple[int, int], st
         top, bottom = min(box[1] for _, box in inked), max(box[3] for _, box in inked)
         # Pillow's rectangle includes both corners: one pixel of margin on every side.
         canvas[max(y + top - 1, 0) : y + bottom + 2, max(x + left - 1, 0) : x + right + 2] = 0
-        for px, (_, _, mask, ox, oy) in placed:
-            gx, gy = x + px - ox, y - oy
-            cx, cy = max(gx, 0), max(gy, 0)
-            region = canvas[cy : gy + mask.shape[0], cx : gx + mask.shape[1]]
-            if region.size:
-                ink = mask[cy - gy : cy - gy + region.shape[0], cx - gx : cx - gx + region.shape[1]]
-                np.maximum(region, ink[..., None], out=region)
+        for px, glyph in placed:
+            _paste_ink(canvas, glyph.mask, x + px - glyph.offset[0], y - glyph.offset[1])
+
+
+def _tile_size(h: int, w: int, tile: int) -> tuple[int, int]:
+    """A tile ``tile`` pixels high with the feature map's aspect ratio."""
+    return tile, max(1, round(tile * w / h))
+
+
+def _tile_corner(slot: int, cols: int, tile_h: int, tile_w: int) -> tuple[int, int]:
+    """``(x, y)`` of the top-left pixel of grid tile ``slot`` (row-major, ``cols`` a row)."""
+    row, col = divmod(slot, cols)
+    return _GAP + col * (tile_w + _GAP), _GAP + row * (tile_h + _GAP)
+
+
+def _tiles(maps: np.ndarray, size: tuple[int, int], vmax: float | None) -> np.ndarray:
+    """``(n, h, w)`` maps -> ``(n, H, W, 3)`` uint8 viridis tiles of ``size = (H, W)``, upsampled
+    by nearest neighbour (one block of tile pixels = one feature pixel, nothing invented)."""
+    _, h, w = maps.shape
+    ys = np.arange(size[0]) * h // size[0]
+    xs = np.arange(size[1]) * w // size[1]
+    # Colour at the feature resolution, then repeat the colours: the same pixels, less work.
+    return _colorize(maps / _vmax(maps, vmax)).take(ys, axis=1).take(xs, axis=2)
 
 
 def attention_grid(
@@ -184,47 +223,27 @@ def attention_grid(
             iterations, or an untrained model: ~1/K everywhere) would all be black.
 
     Tiles are ``rows x cols`` with :data:`_GAP` white pixels around each, so the result is
-    ``(rows * (tile_h + 2) + 2, cols * (tile_w + 2) + 2, 3)``. Each map is upsampled with
-    nearest neighbour (one tile pixel block = one feature pixel, nothing invented), coloured
-    with viridis from 0 to ``vmax``, and labelled ``#base share%``.
+    ``(rows * (tile_h + 2) + 2, cols * (tile_w + 2) + 2, 3)``. Each map is coloured with
+    viridis from 0 to ``vmax`` and labelled ``#base share%``.
     """
     resp = responsibility_maps(trace, iteration, sample)
-    k, h, w = resp.shape
     order = base_order(resp) if order is None else np.asarray(order, dtype=np.int64)
     order = order[:max_bases]
-    shares = base_shares(resp)
-    tile_h, tile_w = _tile_size(h, w, tile)
-    rows = max(1, -(-len(order) // cols))
-    maps = resp[order]
-    # Colour at the feature resolution, then upsample the colours by nearest-neighbour
-    # indexing (same pixels as colouring the upsampled maps, ~5x less work).
-    colours = _colorize(maps / _vmax(maps, vmax))  # (n, h, w, 3)
-    ys = np.arange(tile_h) * h // tile_h
-    xs = np.arange(tile_w) * w // tile_w
-    under = None
+    tile_h, tile_w = _tile_size(*resp.shape[1:], tile)
+    tiles = _tiles(resp[order], (tile_h, tile_w), vmax)
     if image is not None:
-        under = _resize(_picture(image), (tile_h, tile_w)).astype(np.float32) * (1.0 - opacity)
+        tiles = _blend(_resize(_picture(image), (tile_h, tile_w)), tiles, opacity)
+    rows = max(1, -(-len(order) // cols))
     grid = np.full(
         (rows * (tile_h + _GAP) + _GAP, cols * (tile_w + _GAP) + _GAP, 3), 255, dtype=np.uint8
     )
-    # A view of the grid as (rows, tile_h + gap, cols, tile_w + gap, 3): tiles are written
-    # straight into place, row by row, with no intermediate full-size copies.
-    cells = grid[_GAP:, _GAP:].reshape(rows, tile_h + _GAP, cols, tile_w + _GAP, 3)
-    for r in range(rows):
-        # (tile_h, c, tile_w, 3), in the grid's own axis order; take() is ~2x faster here
-        # than indexing two axes at once.
-        row = colours[r * cols : (r + 1) * cols].transpose(1, 0, 2, 3)
-        row = row.take(ys, axis=0).take(xs, axis=2)
-        if under is not None:
-            row = under[:, None] + row * np.float32(opacity)
-            row = np.clip(row + 0.5, 0, 255).astype(np.uint8)
-        cells[r, :tile_h, : row.shape[1], :tile_w] = row
+    shares = base_shares(resp)
     labels = []
-    for slot, base in enumerate(order):
-        r, c = divmod(slot, cols)
-        xy = (_GAP + c * (tile_w + _GAP) + 1, _GAP + r * (tile_h + _GAP))
-        labels.append((xy, f"#{base} {shares[base] * 100:.1f}%"))
-    _stamp_labels(grid, labels)
+    for slot, (base, picture) in enumerate(zip(order, tiles, strict=True)):
+        x, y = _tile_corner(slot, cols, tile_h, tile_w)
+        grid[y : y + tile_h, x : x + tile_w] = picture
+        labels.append(((x + 1, y), f"#{base} {shares[base] * 100:.1f}%"))
+    _draw_labels(grid, labels)
     return grid
 
 
@@ -278,46 +297,50 @@ def base_across_iterations(
     height, width = picture.shape[:2]
     scale = min(1.0, max_width / (steps * width))
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    under = _resize(picture, size).astype(np.float32) * (1.0 - opacity)
+    under = _resize(picture, size)
     maps = [responsibility_maps(trace, t, sample)[base] for t in range(1, steps + 1)]
-    scale = _vmax(np.stack(maps), vmax)
+    brightest = _vmax(np.stack(maps), vmax)
     separator = np.full((size[0], 4, 3), 255, dtype=np.uint8)
     panels = []
     for resp in maps:
-        heat = _colorize(np.clip(_resize(resp, size) / scale, 0, 1))
-        blend = np.clip(under + opacity * heat.astype(np.float32) + 0.5, 0, 255).astype(np.uint8)
-        panels += [blend, separator]
+        heat = _colorize(np.clip(_resize(resp, size) / brightest, 0, 1))
+        panels += [_blend(under, heat, opacity), separator]
     strip = np.concatenate(panels[:-1], axis=1)
-    _stamp_labels(
+    _draw_labels(
         strip, [((t * (size[1] + 4) + 3, 2), f"base #{base}, t={t + 1}") for t in range(steps)]
     )
     return strip
+
+
+def _base_shift(bases: torch.Tensor, previous: torch.Tensor | None) -> float:
+    """Mean over the ``K`` bases of ``1 - cos`` between two ``(C, K)`` sets (NaN without
+    ``previous``)."""
+    if previous is None:
+        return float("nan")
+    cos = torch.nn.functional.cosine_similarity(bases.double(), previous.double(), dim=0)
+    return float((1.0 - cos).mean())
 
 
 def convergence(trace: EMTrace, sample: int = 0) -> dict[str, list[float]]:
     """Per iteration ``t = 1..T``: how far the bases moved and how decided the pixels are.
 
     Returns:
-        ``{"base_shift": [T floats], "entropy": [T floats]}`` where ``base_shift[t]`` is the mean
-        over the ``K`` bases of ``1 - cos(mu_t, mu_{t-1})`` (``mu_0`` = the initial bases; NaN
-        at ``t = 1`` if the trace has none), in [0, 2]; and ``entropy[t]`` is the mean over the
-        ``h * w`` pixels of ``-sum_k z log z`` of the responsibilities, in nats: ``log K`` when
-        a pixel is undecided, 0 when it picks one base.
+        ``{"base_shift": [T floats], "entropy": [...], "max_responsibility": [...],
+        "active_bases": [...], "mean_abs_cos": [...]}``. ``base_shift[t]`` is the mean over
+        the ``K`` bases of ``1 - cos(mu_t, mu_{t-1})`` (``mu_0`` = the initial bases; NaN at
+        ``t = 1`` if the trace has none), in [0, 2]; the others are
+        :mod:`emanet.models.attention`'s measures of iteration ``t`` (``entropy`` is divided by
+        ``ln K``: 1 when every pixel is undecided, 0 when each picks one base).
     """
-    shifts, entropies = [], []
-    previous = trace.initial_bases
-    for t in range(trace.num_iterations):
-        bases = trace.bases[t][sample].double()  # (C, K)
-        if previous is None:
-            shifts.append(float("nan"))
-        else:
-            cos = torch.nn.functional.cosine_similarity(bases, previous[sample].double(), dim=0)
-            shifts.append(float((1.0 - cos).mean()))
-        previous = trace.bases[t]
-        resp = trace.responsibilities[t][sample].double()  # (K, h, w)
-        # xlogy: 0 log 0 = 0 without clamping (clamping would bias a decided pixel's entropy).
-        entropies.append(float(-torch.special.xlogy(resp, resp).sum(dim=0).mean()))
-    return {"base_shift": shifts, "entropy": entropies}
+    _index(trace, -1)  # an empty trace is an error
+    measures = [trace_stats(trace, t)[sample] for t in range(trace.num_iterations)]
+    previous = [trace.initial_bases, *trace.bases[:-1]]
+    shifts = [
+        _base_shift(bases[sample], None if before is None else before[sample])
+        for bases, before in zip(trace.bases, previous, strict=True)
+    ]
+    names = [field.name for field in fields(AttentionStats)]
+    return {"base_shift": shifts, **{n: [getattr(m, n) for m in measures] for n in names}}
 
 
 def base_class_matrix(
@@ -362,16 +385,15 @@ def base_class_image(
 
     Rows are the first ``max_bases`` bases of ``order`` (``#index``); columns only the classes
     that take at least ``min_share`` of some shown base (19 mostly empty columns hide the
-    story). Drawn with numpy and Pillow: a matplotlib figure costs ~10x more to render.
+    story).
     """
     order = np.arange(matrix.shape[0]) if order is None else np.asarray(order)
     order = order[:max_bases]
     shown = matrix[order]
     present = [c for c in range(len(classes)) if shown[:, c].max(initial=0) >= min_share] or [0]
     heat = _colorize(shown[:, present], _MAGMA).repeat(cell, 0).repeat(cell, 1)
-    draw_probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_len = max(draw_probe.textbbox((0, 0), classes[c])[2] for c in present)
-    left, top = 40, label_len + 8
+    font = ImageFont.load_default()
+    left, top = 40, max(font.getbbox(classes[c])[2] for c in present) + 8
     canvas = Image.new("RGB", (left + heat.shape[1] + 4, top + heat.shape[0] + 4), "white")
     canvas.paste(Image.fromarray(heat), (left, top))
     draw = ImageDraw.Draw(canvas)
@@ -383,31 +405,3 @@ def base_class_image(
         ImageDraw.Draw(strip).text((2, 2), classes[c], fill=(0, 0, 0))
         canvas.paste(strip.rotate(90, expand=True), (left + col * cell, 2))
     return np.asarray(canvas)
-
-
-def legend_image(
-    classes: Sequence[str],
-    palette: Sequence[Sequence[int]],
-    present: Sequence[int] | None = None,
-    cols: int = 4,
-) -> np.ndarray:
-    """A ``(H, W, 3)`` uint8 legend: a colour swatch and the name of each class.
-
-    ``present``: only these trainIds (e.g. ``np.unique(labels)``; out-of-range ids such as the
-    ignore index 255 are skipped), default all classes.
-    """
-    ids = list(range(len(classes))) if present is None else [int(i) for i in present]
-    ids = [i for i in ids if 0 <= i < len(classes)]
-    cell_w, cell_h = 150, 18
-    rows = max(1, -(-len(ids) // cols))
-    image = Image.new("RGB", (cols * cell_w, rows * cell_h + 4), (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-    if not ids:
-        draw.text((4, 3), "no class", fill=(0, 0, 0))
-    for slot, index in enumerate(ids):
-        r, c = divmod(slot, cols)
-        x, y = c * cell_w + 4, r * cell_h + 3
-        colour = tuple(int(v) for v in palette[index])
-        draw.rectangle((x, y, x + 14, y + 12), fill=colour, outline=(0, 0, 0))
-        draw.text((x + 20, y), classes[index], fill=(0, 0, 0))
-    return np.asarray(image)

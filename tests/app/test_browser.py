@@ -15,8 +15,8 @@ from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from app.ui import build_demo  # noqa: E402
 from emanet import build_model  # noqa: E402
+from emanet.app.ui import build_demo  # noqa: E402
 from emanet.predict import Segmenter  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -1,15 +1,17 @@
-import json
+"""The renderers: grids, strips, convergence and bases against classes, against hand-made
+traces and loops."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
-from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
 from emanet import EMAttention, EMTrace
-from emanet.data import CLASSES, PALETTE
-from emanet.viz import figures, render
+from emanet.data import CLASSES
+from emanet.models.attention import trace_stats
+from emanet.viz import render
 
 
 def real_trace(k=8, t=3, h=6, w=10):
@@ -76,8 +78,8 @@ def test_attention_grid_tiles_are_ordered_by_share():
     np.testing.assert_array_equal(grid[tile, tile], render._VIRIDIS[0])
 
 
-def test_stamped_labels_are_pillows_pixels():
-    """The fast labels (grid tiles, base strips) against Pillow drawing each one."""
+def test_labels_are_pillows_pixels():
+    """The glyph-stamped labels (grid tiles, base strips) against Pillow drawing each one."""
     rng = np.random.default_rng(0)
     background = rng.integers(0, 256, (40, 90, 3), dtype=np.uint8)
     labels = [
@@ -85,6 +87,7 @@ def test_stamped_labels_are_pillows_pixels():
         ((40, 20), "base #7, t=10"),  # letters and punctuation; runs off the right edge
         ((70, 33), "#0 100.0%"),  # off the bottom-right corner
         ((10, 24), " "),  # nothing inked: no box either
+        ((10, 30), ""),
     ]
     reference = Image.fromarray(background.copy())
     draw = ImageDraw.Draw(reference)
@@ -94,7 +97,7 @@ def test_stamped_labels_are_pillows_pixels():
             draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=(0, 0, 0))
             draw.text(xy, text, fill=(255, 255, 255))
     stamped = background.copy()
-    render._stamp_labels(stamped, labels)
+    render._draw_labels(stamped, labels)
     np.testing.assert_array_equal(stamped, np.asarray(reference))
     assert (stamped != background).any()
 
@@ -130,7 +133,8 @@ def test_convergence_hand_made_trace():
     trace = EMTrace(responsibilities=[uniform, uniform], bases=[bases, bases], initial_bases=bases)
     stats = render.convergence(trace)
     assert max(abs(s) for s in stats["base_shift"]) < 1e-6  # identical bases: no shift
-    assert all(abs(e - math.log(k)) < 1e-6 for e in stats["entropy"])  # uniform: log K
+    assert stats["entropy"] == pytest.approx([1.0, 1.0])  # uniform: entropy / ln K = 1
+    assert stats["max_responsibility"] == pytest.approx([1 / k, 1 / k])
     # opposite bases: 1 - cos = 2 at t=1, then no move at t=2
     trace.initial_bases = -bases
     shift = render.convergence(trace)["base_shift"]
@@ -139,23 +143,29 @@ def test_convergence_hand_made_trace():
     e = torch.eye(2).view(1, 2, 2)
     trace = EMTrace([torch.full((1, 2, 1, 1), 0.5)], [e], e.flip(2))
     assert abs(render.convergence(trace)["base_shift"][0] - 1.0) < 1e-6
-    # decided pixels: entropy 0 (no log 0 trouble)
+    # decided pixels: entropy 0 (no log 0 trouble), one base owns them all
     onehot = torch.zeros(1, k, 2, 2)
     onehot[:, 1] = 1.0
-    trace = EMTrace([onehot], [bases], bases)
-    assert render.convergence(trace)["entropy"] == [0.0]
+    stats = render.convergence(EMTrace([onehot], [bases], bases))
+    assert stats["entropy"] == [0.0] and stats["active_bases"] == [1]
     assert math.isnan(render.convergence(EMTrace([onehot], [bases], None))["base_shift"][0])
+    with pytest.raises(ValueError, match="empty"):
+        render.convergence(EMTrace())
 
 
-def test_convergence_of_real_em_and_figure():
+def test_convergence_of_real_em_is_the_attention_measure_of_each_iteration():
     trace = real_trace(k=8, t=5)
     stats = render.convergence(trace)
-    assert len(stats["base_shift"]) == len(stats["entropy"]) == 5
-    assert all(0 <= e <= math.log(8) + 1e-6 for e in stats["entropy"])
+    assert all(len(values) == 5 for values in stats.values())
     assert all(0 <= s <= 2 for s in stats["base_shift"])
-    fig = figures.convergence_figure(trace)
-    assert isinstance(fig, Figure) and len(fig.axes) == 2
-    assert all(ax.get_xlabel() and ax.get_ylabel() and ax.get_title() for ax in fig.axes)
+    for t in range(1, 6):  # iteration t of the trace is entry t - 1 of every list
+        (measured,) = trace_stats(trace, t - 1)
+        assert stats["entropy"][t - 1] == measured.entropy
+        assert stats["max_responsibility"][t - 1] == measured.max_responsibility
+    # entropy / ln K from its definition, at the last iteration
+    resp = trace.responsibilities[-1][0].double()
+    entropy = -(resp * resp.log()).sum(0).mean() / math.log(8)
+    assert stats["entropy"][-1] == pytest.approx(float(entropy), rel=1e-9)
 
 
 def test_base_class_matrix_by_hand():
@@ -191,34 +201,5 @@ def test_base_class_matrix_matches_a_loop():
     np.testing.assert_allclose(m, expected, rtol=1e-5)
     np.testing.assert_allclose(m.sum(1), 1.0)
     order = render.base_order(resp)
-    assert isinstance(figures.base_class_figure(m, CLASSES, order), Figure)
     image = render.base_class_image(m, CLASSES, order)
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[0] > 5 * 16
-
-
-def test_legend_image():
-    legend = render.legend_image(CLASSES, PALETTE, present=[0, 10, 13, 255])
-    assert legend.dtype == np.uint8 and legend.shape[2] == 3
-    pixels = legend.reshape(-1, 3)
-    for trainid in (0, 10, 13):
-        assert (pixels == np.array(PALETTE[trainid], np.uint8)).all(1).any()
-    assert not (pixels == np.array(PALETTE[11], np.uint8)).all(1).any()
-    assert render.legend_image(CLASSES, PALETTE, present=[]).shape[2] == 3
-
-
-def test_training_curves(tmp_path):
-    rows = [
-        {"iter": i, "loss": 3 - i * 0.1, "loss_decode": 2.0, "loss_aux": 2.5, "lr": 0.01}
-        for i in range(1, 5)
-    ] + [{"iter": 4, "mIoU": 12.5, "aAcc": 50.0}]
-    path = tmp_path / "metrics.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"iter": 5, "lo')
-    fig = figures.plot_training_curves(path)
-    loss_ax, miou_ax = fig.axes
-    assert [line.get_label() for line in loss_ax.lines] == ["total", "decode head", "aux"]
-    assert loss_ax.lines[0].get_xdata().tolist() == [1, 2, 3, 4]
-    assert miou_ax.lines[0].get_ydata().tolist() == [12.5]
-    assert all(ax.get_xlabel() == "iteration" and ax.get_ylabel() for ax in fig.axes)
-    # no validation rows yet: still a figure
-    path.write_text(json.dumps(rows[0]))
-    assert len(figures.plot_training_curves(path).axes) == 2

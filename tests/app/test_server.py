@@ -1,14 +1,12 @@
-"""The app end to end: launched on 127.0.0.1, driven with gradio_client.
+"""The app end to end: launched on 127.0.0.1, driven with gradio_client (slow: each module
+starts a server). A real browser drives it in test_browser.py; its handlers in-process are
+tested in test_handlers.py."""
 
-A real browser drives it in test_app_browser.py."""
-
-import logging
 import os
 import re
 import tempfile
 import threading
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,18 +17,21 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from gradio_client import Client, handle_file  # noqa: E402
 
-from app import handlers  # noqa: E402
-from app.examples import toycity_examples  # noqa: E402
-from app.handlers import BUNDLED, UPLOADED  # noqa: E402
-from app.ui import build_demo  # noqa: E402
 from emanet import build_model  # noqa: E402
+from emanet.app.examples import toycity_examples  # noqa: E402
+from emanet.app.handlers import Explorer  # noqa: E402
+from emanet.app.session import BUNDLED, DEFAULTS, MAX_SIZE, MIN_SIZE, UPLOADED  # noqa: E402
+from emanet.app.ui import build_demo  # noqa: E402
+from emanet.app.views import CONVERGENCE_MEASURES  # noqa: E402
 from emanet.data import CLASSES, PALETTE  # noqa: E402
 from emanet.models.attention import measure_attention  # noqa: E402
-from emanet.models.presets import get_preset  # noqa: E402
 from emanet.predict import Segmenter  # noqa: E402
 
-# Gradio's queue uses pandas options that pandas 3 deprecates: not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
+pytestmark = [
+    # Gradio's queue uses pandas options that pandas 3 deprecates: not ours to fix.
+    pytest.mark.filterwarnings("ignore::Warning:gradio.queueing"),
+    pytest.mark.slow,
+]
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def test_api_documented_and_page_served(server, client):
     ]
     assert not params[0]["parameter_has_default"]
     defaults = {p["parameter_name"]: p["parameter_default"] for p in params[1:]}
-    assert defaults == {"model": BUNDLED, **handlers.DEFAULTS}
+    assert defaults == {"model": BUNDLED, **DEFAULTS}
     assert defaults["lambda_scale"] == 1  # the default view is the model's own attention
     assert len(api["named_endpoints"]["/segment"]["returns"]) == 6
     # UI-only events are not part of the API
@@ -145,10 +146,10 @@ def test_segment_returns_lossless_overlay_grid_curves_table_and_legend(client, f
     # the convergence plot arrives as its data: (iteration, value, measure) rows, one line a
     # measure, entropy / ln K and the largest responsibility in [1/K, 1]
     assert curves["columns"] == ["iteration", "value", "measure"]
-    measures = set(handlers.CONVERGENCE_MEASURES.values())
+    measures = set(CONVERGENCE_MEASURES.values())
     assert sorted(row[0] for row in curves["data"]) == sorted([1, 2, 3, 4] * len(measures))
     assert {row[2] for row in curves["data"]} == measures
-    shift = handlers.CONVERGENCE_MEASURES["base_shift"]
+    shift = CONVERGENCE_MEASURES["base_shift"]
     assert all(0 <= value <= 1 + 1e-9 for _, value, measure in curves["data"] if measure != shift)
     assert all(_curve(curves, "max_responsibility", t) >= 1 / 64 - 1e-9 for t in range(1, 5))
     assert "4 EM iterations" in info
@@ -159,7 +160,7 @@ def test_segment_returns_lossless_overlay_grid_curves_table_and_legend(client, f
 
 def _curve(curves, key, iteration):
     """One value of the convergence table that /segment returned."""
-    label = handlers.CONVERGENCE_MEASURES[key]
+    label = CONVERGENCE_MEASURES[key]
     (value,) = [v for t, v, m in curves["data"] if m == label and t == iteration]
     return value
 
@@ -193,7 +194,6 @@ def test_odd_images_are_segmented(client, files, name):
             assert np.asarray(result).mean() < 200
 
 
-@pytest.mark.slow
 def test_huge_image_is_capped(client, files):
     overlay = segment(client, files["huge.png"], max_size=512)[0]
     assert Image.open(overlay).size == (512, 512)
@@ -205,38 +205,14 @@ def _slider(demo, elem_id):
 
 def test_size_slider_and_handler_take_the_same_range(demo, client, files):
     slider = _slider(demo, "max-size")
-    assert (slider.minimum, slider.maximum) == (handlers.MIN_SIZE, handlers.MAX_SIZE)
-    assert slider.value == handlers.DEFAULTS["max_size"]
+    assert (slider.minimum, slider.maximum) == (MIN_SIZE, MAX_SIZE)
+    assert slider.value == DEFAULTS["max_size"]
     # the slider's ends are accepted, and nothing beyond them
     for end in (slider.minimum, slider.maximum):
         assert segment(client, files["photo.png"], max_size=end)[0]
     for outside in (slider.minimum - 1, slider.maximum + 1):
         with pytest.raises(Exception, match="input size cap must be in"):
             segment(client, files["photo.png"], max_size=outside)
-
-
-def test_base_slider_spans_the_loaded_models_bases(tmp_path):
-    torch.manual_seed(0)
-    preset = get_preset("emanet_r18-d8_toycity").with_overrides(num_bases=16)
-    segmenter = Segmenter(build_model(preset), device="cpu")
-    demo = build_demo(lambda name: segmenter, examples_dir=tmp_path, preload=True)
-    assert _slider(demo, "base").maximum == 15
-
-
-def test_explorer_segment_in_process(files):
-    torch.manual_seed(0)
-    segmenter = Segmenter(build_model("emanet_r18-d8_toycity"), device="cpu")
-    explorer = handlers.Explorer(lambda name: segmenter)
-    payload = {"path": str(files["photo.png"]), "meta": {"_type": "gradio.FileData"}}
-    overlay, grid, curves, table, legend, info, session = explorer.segment(
-        payload, BUNDLED, 2, 1024, 0.0, 1.0, None
-    )
-    np.testing.assert_array_equal(
-        np.asarray(Image.open(overlay)), np.asarray(Image.open(files["photo.png"]))
-    )
-    assert session.prediction.trace.num_iterations == 2 and "2 EM iterations" in info
-    assert list(curves.columns) == ["iteration", "value", "measure"]
-    assert explorer.num_bases() == segmenter.model.em_unit.num_bases
 
 
 @pytest.mark.parametrize("name", ["empty.png", "truncated.png", "text.png", "text_file.jpg"])
@@ -250,21 +226,6 @@ def test_bad_files_give_clear_errors_and_server_keeps_serving(client, files, nam
     assert segment(client, files["one.png"])[0]
 
 
-def test_checkpoint_errors_name_the_upload_not_the_server_path(files):
-    server_copy = "/tmp/gradio/0123abcd/my model.pth"
-
-    def factory(name):
-        raise handlers.CheckpointError(f"Checkpoint file {name!r} holds no state_dict.")
-
-    payload = {"path": str(files["photo.png"]), "orig_name": "photo.png"}
-    with pytest.raises(handlers.gr.Error) as info:
-        handlers.run_model(
-            handlers.ModelCache(factory), payload, UPLOADED, server_copy, 3, 1024, [UPLOADED]
-        )
-    assert "my model.pth" in info.value.message and "/tmp/gradio" not in info.value.message
-
-
-@pytest.mark.slow
 def test_eight_concurrent_clients_all_answered(server, files):
     results, errors = [], []
 
@@ -290,7 +251,7 @@ def test_eight_concurrent_clients_all_answered(server, files):
 @pytest.fixture(scope="module")
 def bundled(free_port, tmp_path_factory):
     """The app on the bundled model, as `make demo` serves it: ``(client, explorer)``."""
-    explorer = handlers.Explorer(preload=True, device="cpu")
+    explorer = Explorer(preload=True, device="cpu")
     demo = build_demo(explorer=explorer, examples_dir=tmp_path_factory.mktemp("examples"))
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -317,51 +278,3 @@ def test_lambda_multiplier_is_a_what_if_on_the_bundled_models_own_lambda(bundled
     assert entropy[4] < entropy[1] < entropy[0.1]
     assert f"what-if: λ = {own * 4:g} = 4× the model's own λ = {own:g}" in runs[4][5]
     assert f"entropy **{entropy[4]:.3f} × ln K**" in runs[4][5]
-
-
-def test_missing_bundled_model_falls_back_to_random_weights(monkeypatch, caplog):
-    monkeypatch.setattr(handlers, "BUNDLED_CHECKPOINT", Path("/nonexistent/model.pth"))
-    with caplog.at_level(logging.WARNING, logger="app.handlers"):
-        segmenter = handlers.load_segmenter(None)
-    assert isinstance(segmenter, Segmenter) and "randomly initialised" in caplog.text
-    assert handlers.bundled_missing()
-
-
-def test_model_cache_loads_once_and_keeps_one_upload():
-    calls = []
-
-    def factory(name):
-        calls.append(name)
-        return object()
-
-    cache = handlers.ModelCache(factory)
-    assert cache.get(None) is cache.get(None) and calls == [None]
-    first = cache.get("/tmp/a.pth", uploaded=True)
-    cache.get("/tmp/b.pth", uploaded=True)
-    assert cache.get("/tmp/a.pth", uploaded=True) is not first  # evicted, loaded again
-    assert calls == [None, "/tmp/a.pth", "/tmp/b.pth", "/tmp/a.pth"]
-
-
-def test_command_line_refuses_a_device_or_precision_it_cannot_run(monkeypatch, capsys):
-    from app.__main__ import main
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(SystemExit) as info:
-        main(["--device", "cuda"])
-    assert info.value.code == 2 and "no CUDA GPU" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as info:
-        main(["--precision", "fp64"])
-    assert info.value.code == 2 and "invalid choice: 'fp64'" in capsys.readouterr().err
-
-
-def test_default_factory_runs_models_in_the_precision_asked_for(monkeypatch):
-    made = []
-    real = handlers.load_segmenter
-
-    def spy(name, **options):
-        made.append(options)
-        return real(name, **options)
-
-    monkeypatch.setattr(handlers, "load_segmenter", spy)
-    build_demo(preload=True, device="cpu", precision="bf16")
-    assert made == [{"device": "cpu", "precision": "bf16"}]
