@@ -238,16 +238,11 @@ def _check_finite(loss: torch.Tensor, iteration: int) -> None:
 def guarded_step(net, optimizer, transform, batch, iteration, config, run, work_dir: WorkDir):
     """:func:`train_step`, with a diverged loss or an out-of-memory device turned into one line
     that says what is intact and what to do."""
-    saved = (
-        f"latest.pth (iteration {work_dir.saved_at}) is intact"
-        if work_dir.saved_at
-        else "no checkpoint was saved yet"
-    )
     try:
         return train_step(net, optimizer, transform, batch, iteration, config, run)
     except TrainingDiverged as error:
         raise TrainingDiverged(
-            f"{error}; {saved}: lower the learning rate or check the data"
+            f"{error}; {work_dir.intact()}: lower the learning rate or check the data"
         ) from None
     except Exception as error:
         if not is_out_of_memory(error):
@@ -255,7 +250,7 @@ def guarded_step(net, optimizer, transform, batch, iteration, config, run, work_
         crop = "x".join(map(str, batch[0].shape[-2:]))
         raise OutOfMemory(
             f"{run.device} ran out of memory in training iteration {iteration + 1} (a batch of "
-            f"{len(batch[0])} crops of {crop}); {saved}. Use a smaller --batch-size or "
+            f"{len(batch[0])} crops of {crop}); {work_dir.intact()}. Use a smaller --batch-size or "
             "--crop-size (or free memory) and run again with --resume"
         ) from None
 

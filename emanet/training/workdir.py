@@ -103,6 +103,12 @@ class WorkDir:
         except Exception as error:  # a plot must never lose a finished run
             log.warning("could not draw the training curves: %s", error)
 
+    def intact(self) -> str:
+        """What a run that stops now leaves to resume from, in words."""
+        if self.saved_at:
+            return f"latest.pth (iteration {self.saved_at}) is intact"
+        return "no checkpoint was saved yet"
+
     def _advice(self) -> str:
         resumes = f"iteration {self.saved_at}" if self.saved_at else "the start"
         return (
