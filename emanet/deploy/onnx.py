@@ -28,12 +28,14 @@ Metadata (``metadata_props``, strings; onnxruntime shows them as
 ``mean``, ``std`` (JSON), ``test_scale``, ``align_corners``, ``input``, ``output``,
 ``emanet_version``.
 
+The graph is :mod:`emanet.predict.graph`'s; ``Segmenter(backend="onnxruntime")`` runs the same
+graph (with the EM trace as extra outputs) from its cache (:mod:`emanet.predict.ort`).
+
 Needs the ``export`` extra (``pip install 'emanet[export]'``: onnx, onnxscript, onnxruntime).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import importlib.metadata
 import importlib.util
@@ -51,6 +53,14 @@ from emanet.io.atomic import atomic_write
 from emanet.models.ema import EMOptions
 from emanet.models.presets import ModelPreset
 from emanet.models.segmentor import EMANet
+from emanet.predict.graph import (
+    DEFAULT_OPSET,
+    INPUT_NAME,
+    MIN_SIDE,
+    OUTPUT_NAME,
+    exportable_copy,
+    onnx_program,
+)
 from emanet.runtime.errors import UserError
 
 __all__ = [
@@ -64,13 +74,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: ONNX opset of the exported files (onnxruntime >= 1.14 runs it).
-DEFAULT_OPSET = 18
-INPUT_NAME = "images"
-OUTPUT_NAME = "logits"
-# The backbone downsamples by 8: smaller inputs give a 1x1 (or empty) feature map.
-_MIN_SIDE = 16
 
 
 class ExportError(UserError, ValueError):
@@ -167,9 +170,9 @@ def _check_options(
         raise ExportError(f"num_iterations must be >= 1, got {steps}")
     default_h, default_w = default_export_size(model.preset)
     height, width = height or default_h, width or default_w
-    if min(height, width) < _MIN_SIDE or batch_size < 1:
+    if min(height, width) < MIN_SIDE or batch_size < 1:
         raise ExportError(
-            f"export size must be at least {_MIN_SIDE}x{_MIN_SIDE} with batch >= 1, got "
+            f"export size must be at least {MIN_SIDE}x{MIN_SIDE} with batch >= 1, got "
             f"{batch_size}x{height}x{width}"
         )
     if len(classes) != model.num_classes or len(palette) != len(classes):
@@ -178,32 +181,6 @@ def _check_options(
             f"{model.num_classes} classes"
         )
     return steps, height, width
-
-
-def _trace(net: EMANet, example: torch.Tensor, dynamic: bool, opset: int):
-    """``torch.onnx.export`` of ``net`` on ``example`` ``(B, 3, H, W)``: the ONNX program."""
-    dynamic_shapes = None
-    if dynamic:
-        dim = torch.export.Dim
-        dynamic_shapes = {
-            # The forward's argument is called ``images``.
-            "images": {
-                0: dim("batch", min=1, max=4096),
-                2: dim("height", min=_MIN_SIDE, max=16384),
-                3: dim("width", min=_MIN_SIDE, max=16384),
-            }
-        }
-    with torch.no_grad():
-        return torch.onnx.export(
-            net,
-            (example,),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
-            dynamic_shapes=dynamic_shapes,
-            verbose=False,
-        )
 
 
 def export_onnx(
@@ -245,11 +222,12 @@ def export_onnx(
         model, height, width, batch_size, num_iterations, classes, palette
     )
     _require_exporter()
-    net = copy.deepcopy(model).to("cpu", torch.float32).eval()
-    net.em_unit.num_iterations = steps
+    net = exportable_copy(model, steps)
     shape = f"{'dynamic, example' if dynamic else 'static'} {batch_size}x{height}x{width}"
     log.info("exporting %s (T=%d, %s) to ONNX opset %d", model.preset.name, steps, shape, opset)
-    program = _trace(net, torch.zeros(batch_size, 3, height, width), dynamic, opset)
+    program = onnx_program(
+        net, torch.zeros(batch_size, 3, height, width), dynamic=dynamic, opset=opset
+    )
     program.model.metadata_props.update(_metadata(net, classes, palette, steps))
     program.model.doc_string = (
         f"EMANet {model.preset.name}, EM attention with T={steps} unrolled iterations. "
@@ -274,7 +252,7 @@ def onnxruntime_difference(
         raise ExportError("checking an ONNX file needs onnxruntime: pip install 'emanet[export]'")
     import onnxruntime
 
-    net = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    net = exportable_copy(model, model.em_unit.num_iterations)
     images = images.detach().to("cpu", torch.float32).contiguous()
     with torch.no_grad():
         reference = net(images, EMOptions(num_iterations))

@@ -15,6 +15,7 @@ import os
 import torch
 from torch import nn
 
+from .backends import ALL_PRECISIONS, DEFAULT_BACKEND, check_backend
 from .precision import DEFAULT_PRECISION, PRECISIONS, check_precision
 
 __all__ = [
@@ -117,9 +118,10 @@ def add_runtime_arguments(parser, compile: bool = True) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=tuple(PRECISIONS),
+        choices=ALL_PRECISIONS,
         default=DEFAULT_PRECISION,
-        help=f"autocast precision (default: {DEFAULT_PRECISION}, the reference numerics)",
+        help=f"autocast precision (default: {DEFAULT_PRECISION}, the reference numerics); int8 "
+        "runs on the onnxruntime backend",
     )
     if compile:
         parser.add_argument(
@@ -129,13 +131,21 @@ def add_runtime_arguments(parser, compile: bool = True) -> None:
         )
 
 
-def check_runtime(device: str | None, precision: str | None) -> tuple[torch.device, str | None]:
+def check_runtime(
+    device: str | None, precision: str | None, backend: str | None = None
+) -> tuple[torch.device, str | None]:
     """The device ``device`` names and ``precision``, checked: raises ``ValueError`` saying why
-    this machine cannot run them (the one check behind every command's ``--device`` and
-    ``--precision``)."""
+    this machine cannot run them (the one check behind every command's ``--device``,
+    ``--precision`` and ``--backend``). With ``backend="onnxruntime"`` the default device is the
+    CPU."""
+    backend = backend or DEFAULT_BACKEND
+    if backend == "onnxruntime" and device is None:
+        device = "cpu"
     resolved = resolve_device(device)
     if precision is not None:
-        check_precision(precision, resolved)
+        check_backend(backend, resolved, precision)
+        if precision in PRECISIONS:
+            check_precision(precision, resolved)
     return resolved, precision
 
 

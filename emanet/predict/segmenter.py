@@ -6,6 +6,10 @@ the preset's test scale, 2048x1024 for the official models; normalised with the 
 mean/std on 0-255 values), is segmented in the preset's whole or slide mode, and the logits are
 resized back to the image's own size before the argmax. Validation during training and
 ``emanet eval`` run images through a Segmenter too, so all three score the same pixels.
+
+The network itself runs in PyTorch (``backend="torch"``) or, on the CPU, in onnxruntime from an
+ONNX graph exported once into a cache (``backend="onnxruntime"``, :mod:`emanet.predict.ort`);
+the pipeline around it is the same.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from PIL import Image
 
 from emanet.data.cityscapes import CLASSES, PALETTE, palette_lut
+from emanet.data.formats import class_names
 from emanet.data.transforms import preprocess_test_image
 from emanet.fast.fusion import optimize_for_inference
 from emanet.io.checkpoint import Checkpoint, read_checkpoint
@@ -30,8 +35,12 @@ from emanet.models.ema import EMTrace
 from emanet.models.heads import resize_logits
 from emanet.models.presets import PRESETS, ModelPreset, get_preset
 from emanet.models.segmentor import EMANet, build_model
+from emanet.runtime.backends import DEFAULT_BACKEND, check_backend, import_onnxruntime
 from emanet.runtime.device import announce_compilation, compile_module, resolve_device
 from emanet.runtime.precision import DEFAULT_PRECISION, PRECISIONS, autocast, check_precision
+
+from .int8 import Calibration, folder_calibration, toycity_calibration
+from .ort import OnnxRuntimeNet
 
 __all__ = ["Prediction", "Segmenter"]
 
@@ -95,6 +104,13 @@ class Segmenter:
         compile: run the network through ``torch.compile`` (the first call compiles, and says
             so in the log).
         test_scale: ``(long, short)`` scale images are fitted into (default: the preset's).
+        backend: what runs the network: ``"torch"`` (:data:`~emanet.runtime.backends.
+            DEFAULT_BACKEND`) or ``"onnxruntime"`` (the CPU; the network exported to ONNX on
+            first use into a cache and reused, see :mod:`emanet.predict.ort`; precision
+            ``"fp32"`` or ``"int8"``; needs the ``export`` extra). Both give the same labels,
+            trace and options; ``fast`` and ``compile`` are the torch backend's.
+        calibration: images of the model's domain that ``"int8"`` is calibrated on: a folder,
+            or a :class:`~emanet.predict.int8.Calibration` (needed for int8).
     """
 
     def __init__(
@@ -107,34 +123,58 @@ class Segmenter:
         precision: str = DEFAULT_PRECISION,
         compile: bool = False,
         test_scale: Sequence[int] | None = None,
+        backend: str = DEFAULT_BACKEND,
+        calibration: str | os.PathLike[str] | Calibration | None = None,
     ) -> None:
-        self.device = resolve_device(device)
-        self.precision = check_precision(precision, self.device)
+        self.backend = backend
+        self.device = resolve_device(
+            "cpu" if device is None and backend == "onnxruntime" else device
+        )
+        self.precision = precision
+        check_backend(backend, self.device, precision, compile)
+        if backend == "torch":
+            check_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.preset: ModelPreset = model.preset
         self.test_scale = tuple(test_scale or self.preset.test_scale)
         self.classes = tuple(classes)
         self.palette = tuple(tuple(int(v) for v in c) for c in palette)
-        self.fast = fast
+        self.fast = fast and backend == "torch"
         self.compile = compile
-        if fast:
+        self._compile_announced = False
+        if backend == "onnxruntime":
+            import_onnxruntime()
+            if isinstance(calibration, (str, os.PathLike)):
+                calibration = folder_calibration(calibration)
+            self._net = OnnxRuntimeNet(
+                self.model, precision, calibration, self.preprocess, self.test_scale
+            )
+        else:
+            self._net = self._torch_net()
+
+    def _torch_net(self) -> EMANet:
+        """The network the torch backend runs: ``model``, or a BN-folded copy (``fast``),
+        compiled if asked."""
+        if self.fast:
             # Half-precision weights where autocast would cast them at every call (same logits);
             # on CUDA, 1x1 convolutions as products with the bias in cuBLASLt's epilogue (see
             # emanet.fast.fusion), unless torch.compile fuses the bias passes itself.
             half = PRECISIONS[self.precision] if self.precision != "fp32" else None
-            self._net = optimize_for_inference(
+            net = optimize_for_inference(
                 self.model,
                 autocast_dtype=half,
-                pointwise_products=half is not None and self.device.type == "cuda" and not compile,
+                pointwise_products=half is not None
+                and self.device.type == "cuda"
+                and not self.compile,
             )
         else:
-            self._net = self.model
-        if compile:
+            net = self.model
+        if self.compile:
             # Compiled in place: a copy, so that the caller's model stays as it was.
-            if self._net is self.model:
-                self._net = copy.deepcopy(self.model)
-            compile_module(self._net)
-        self._compile_announced = False
+            if net is self.model:
+                net = copy.deepcopy(self.model)
+            compile_module(net)
+        return net
 
     @classmethod
     def from_pretrained(
@@ -147,6 +187,8 @@ class Segmenter:
         precision: str = DEFAULT_PRECISION,
         compile: bool = False,
         test_scale: Sequence[int] | None = None,
+        backend: str = DEFAULT_BACKEND,
+        calibration: str | os.PathLike[str] | Calibration | None = None,
     ) -> Segmenter:
         """Load a model by zoo name, URL, our checkpoint or an mmsegmentation checkpoint.
 
@@ -154,7 +196,9 @@ class Segmenter:
         name, see :data:`emanet.PRESETS`) downloads the official weights once into torch.hub's
         cache. For files, our format names its preset; for mmsegmentation files give
         ``preset`` (otherwise it is inferred from the depth, with the 512x1024 test settings).
-        ``device``, ``fast``, ``precision`` and ``compile`` are :class:`Segmenter`'s. The file is
+        ``device``, ``fast``, ``precision``, ``compile``, ``backend`` and ``calibration`` are
+        :class:`Segmenter`'s; int8 calibrates the bundled model on toy-city scenes
+        (:func:`~emanet.predict.int8.toycity_calibration`) unless told otherwise. The file is
         read once; its class names and palette (checked when it is read) come with the model,
         else the Cityscapes ones, and so does its test scale: the one our checkpoints record
         (the scale their training validated at), else the preset's; ``test_scale`` overrides it.
@@ -166,13 +210,19 @@ class Segmenter:
                     f"the bundled model {BUNDLED_CHECKPOINT} is missing from this installation"
                 )
             name_or_path = BUNDLED_CHECKPOINT
+            calibration = calibration or toycity_calibration()
+        options.update(backend=backend, calibration=calibration)
         if preset is None and str(name_or_path) in MODEL_ZOO:
             preset = str(name_or_path)
         checkpoint = read_checkpoint(resolve_checkpoint(name_or_path, progress=progress))
-        model = build_model(get_preset(preset or checkpoint.preset or _infer_preset(checkpoint)))
+        model = build_model(
+            get_preset(preset or checkpoint.preset or _infer_preset(checkpoint)),
+            num_classes=checkpoint.num_classes,
+        )
         checkpoint.load_into(model)
         test_scale = test_scale or checkpoint.test_scale
-        return cls(model, *_classes_palette(checkpoint), test_scale=test_scale, **options)
+        classes_palette = _classes_palette(checkpoint, model.num_classes)
+        return cls(model, *classes_palette, test_scale=test_scale, **options)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """Upright RGB PIL image -> ``(1, 3, h, w)`` model input on the device.
@@ -197,6 +247,8 @@ class Segmenter:
         if self.compile and not self._compile_announced:
             announce_compilation(f"{self.preset.name} for {self.device}")
             self._compile_announced = True
+        if self.backend != "torch":  # onnxruntime runs its graph's own precision
+            return self._net.inference(x, **options)
         with autocast(self.precision, self.device):
             return self._net.inference(x, **options)
 
@@ -315,28 +367,24 @@ class Segmenter:
 
 
 def _trace_to_cpu(trace: EMTrace) -> EMTrace:
+    def cpu(tensor):
+        return None if tensor is None else tensor.float().cpu()
+
     return EMTrace(
-        responsibilities=[r.float().cpu() for r in trace.responsibilities],
-        bases=[b.float().cpu() for b in trace.bases],
-        initial_bases=None if trace.initial_bases is None else trace.initial_bases.float().cpu(),
+        responsibilities=[cpu(r) for r in trace.responsibilities],
+        bases=[cpu(b) for b in trace.bases],
+        initial_bases=cpu(trace.initial_bases),
+        features=cpu(trace.features),
     )
 
 
 def _classes_palette(
-    checkpoint: Checkpoint,
+    checkpoint: Checkpoint, num_classes: int
 ) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
-    """The checkpoint's class names and palette, each defaulting to the Cityscapes ones."""
-    classes = checkpoint.classes or CLASSES
-    palette = checkpoint.palette or PALETTE
-    if len(classes) != len(palette):
-        log.warning(
-            "%s: %d class names but %d palette colours; using the Cityscapes classes and colours",
-            checkpoint.path,
-            len(classes),
-            len(palette),
-        )
-        return CLASSES, PALETTE
-    return classes, palette
+    """The checkpoint's class names and palette where they fit its ``num_classes`` outputs
+    (else the Cityscapes ones for 19, generic ones otherwise: see
+    :func:`emanet.data.formats.class_names`)."""
+    return class_names(num_classes, checkpoint.classes, checkpoint.palette, str(checkpoint.path))
 
 
 def _infer_preset(checkpoint: Checkpoint) -> str:
