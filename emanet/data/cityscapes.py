@@ -16,16 +16,19 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import Dataset
 
-from emanet.io.images import read_label, read_rgb
-from emanet.runtime.errors import UserError
+from .segmentation import (
+    IGNORE_INDEX,
+    DatasetError,
+    DatasetReport,
+    SegmentationDataset,
+    check_label_file,
+    image_size,
+)
 
 __all__ = [
     "Label",
@@ -44,14 +47,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: trainId of every pixel that is not scored (loss and metrics skip it).
-IGNORE_INDEX = 255
-
-
-class DatasetError(UserError, ValueError):
-    """A dataset file holds what it must not (a label map of the wrong kind or size);
-    the message names the file. Missing or unreadable files raise ``OSError`` instead."""
 
 
 @dataclass(frozen=True)
@@ -215,7 +210,7 @@ def _find_images(image_dir: Path) -> list[Path]:
     return sorted(p for p in image_dir.glob(f"*/*{_IMAGE_SUFFIX}") if p.is_file())
 
 
-class CityscapesDataset(Dataset):
+class CityscapesDataset(SegmentationDataset):
     """Images and trainId labels of one split of a dataset in Cityscapes' layout.
 
     ``dataset[i]`` is ``(image, label)``: a PIL RGB image of size ``(W, H)`` and a PIL ``L``
@@ -227,11 +222,14 @@ class CityscapesDataset(Dataset):
         root, split: as given (``root`` as a :class:`~pathlib.Path`).
         images: sorted ``_leftImg8bit.png`` paths.
         labels: the label file used for each image (labelTrainIds or labelIds).
+        classes, palette: the 19 train classes and their official colours.
 
     Raises:
         FileNotFoundError: naming the folder or file, when the split folder is missing or holds
             no images, or an image has no label file.
     """
+
+    format = "cityscapes"
 
     def __init__(
         self,
@@ -239,56 +237,42 @@ class CityscapesDataset(Dataset):
         split: str = "train",
         transforms: Callable | None = None,
     ) -> None:
-        self.root = Path(root)
-        self.split = split
-        self.transforms = transforms
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"dataset root {self.root} does not exist or is not a folder")
-        image_dir = self.root / "leftImg8bit" / split
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"dataset root {root} does not exist or is not a folder")
+        image_dir = root / "leftImg8bit" / split
         if not image_dir.is_dir():
             raise FileNotFoundError(
                 f"{image_dir} does not exist: expected the Cityscapes layout "
                 f"ROOT/leftImg8bit/{split}/CITY/CITY_SEQ_FRAME{_IMAGE_SUFFIX}"
             )
-        self.images: list[Path] = _find_images(image_dir)
-        if not self.images:
+        images = _find_images(image_dir)
+        if not images:
             raise FileNotFoundError(f"no *{_IMAGE_SUFFIX} files in the city folders of {image_dir}")
-        self.labels: list[Path] = []
-        for image in self.images:
-            base = _gt_base(self.root, split, image)
+        labels: list[Path] = []
+        for image in images:
+            base = _gt_base(root, split, image)
             train_ids = _with_suffix(base, _TRAIN_IDS_SUFFIX)
             label_ids = _with_suffix(base, _LABEL_IDS_SUFFIX)
             if train_ids.is_file():
-                self.labels.append(train_ids)
+                labels.append(train_ids)
             elif label_ids.is_file():
-                self.labels.append(label_ids)
+                labels.append(label_ids)
             else:
                 raise FileNotFoundError(
                     f"{image} has no label file: neither {label_ids} nor {train_ids.name} exists"
                 )
+        super().__init__(
+            root, split, list(zip(images, labels, strict=True)), CLASSES, PALETTE, transforms
+        )
         log.debug("%s/%s: %d images", self.root, split, len(self.images))
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.root)!r}, split={self.split!r}) [{len(self)}]"
-
-    def load_label(self, index: int) -> np.ndarray:
-        """The ``(H, W)`` uint8 trainId map of image ``index``.
+    def decode_label(self, values: np.ndarray, path: Path) -> np.ndarray:
+        """trainIds of a labelTrainIds file (checked) or of a labelIds file (mapped).
 
         Raises:
-            OSError: the file cannot be decoded (the message names it).
-            DatasetError: the map has several channels, or a labelTrainIds file holds values
-                other than 0-18 and 255 (the message names the file).
+            DatasetError: a labelTrainIds file holds values other than 0-18 and 255.
         """
-        path = self.labels[index]
-        values = read_label(path)
-        if values.ndim != 2 or not np.issubdtype(values.dtype, np.integer):
-            raise DatasetError(
-                f"{path}: a label map must be one channel of integers, "
-                f"got shape {values.shape} of {values.dtype}"
-            )
         if path.name.endswith(_TRAIN_IDS_SUFFIX):
             if values.dtype == np.uint8:  # a histogram: one pass, no temporary masks
                 present = np.flatnonzero(np.bincount(values.ravel(), minlength=256))
@@ -301,90 +285,17 @@ class CityscapesDataset(Dataset):
             return values.astype(np.uint8, copy=False)
         return label_ids_to_train_ids(values)
 
-    def load_pair(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image ``index`` as ``(3, H, W)`` uint8 RGB and its ``(H, W)`` uint8 trainIds, as
-        tensors (decoded by :func:`emanet.io.images.read_rgb`; what the trainer reads).
-
-        Raises:
-            OSError, DatasetError: as :meth:`load_label`, or the two sizes differ.
-        """
-        image = read_rgb(self.images[index])
-        label = self.load_label(index)
-        if tuple(image.shape[1:]) != label.shape:
-            raise DatasetError(
-                f"{self.images[index]} is {image.shape[2]}x{image.shape[1]} but its label "
-                f"{self.labels[index]} is {label.shape[1]}x{label.shape[0]}"
-            )
-        return image, torch.from_numpy(label)
-
-    def __getitem__(self, index: int):
-        image, label = self.load_pair(index)
-        image = Image.fromarray(image.permute(1, 2, 0).numpy(), "RGB")
-        label = Image.fromarray(label.numpy(), "L")
-        if self.transforms is not None:
-            return self.transforms(image, label)
-        return image, label
-
     def instance_path(self, index: int) -> Path | None:
         """The ``_gtFine_instanceIds.png`` of image ``index`` if it exists, else ``None``."""
         path = _with_suffix(_gt_base(self.root, self.split, self.images[index]), _INSTANCE_SUFFIX)
         return path if path.is_file() else None
 
 
-@dataclass
-class DatasetReport:
-    """What :func:`check_dataset` found.
+def _valid_values(valid: np.ndarray):
+    def invalid(values: np.ndarray) -> list[int]:
+        return [int(v) for v in np.unique(values) if not (0 <= v <= 255 and valid[v])]
 
-    Attributes:
-        root: the dataset folder.
-        counts: image/label pairs per split that exists (splits without a folder are absent).
-        problems: one line per problem, each naming the file it is about.
-    """
-
-    root: Path
-    counts: dict[str, int] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """No problems, and at least one image/label pair."""
-        return not self.problems and sum(self.counts.values()) > 0
-
-    def format(self) -> str:
-        """A human-readable, multi-line report."""
-        lines = [f"dataset {self.root}"]
-        for split, count in self.counts.items():
-            lines.append(f"  {split:<10s} {count:6d} image/label pairs")
-        if self.problems:
-            lines.append(f"{len(self.problems)} problem(s):")
-            lines += [f"  - {problem}" for problem in self.problems]
-        elif not sum(self.counts.values()):
-            lines.append("no image/label pairs found (expected ROOT/leftImg8bit/SPLIT/CITY/...)")
-        else:
-            lines.append("no problems found")
-        return "\n".join(lines)
-
-
-def _check_label(path: Path, image_size: tuple[int, int] | None, valid: np.ndarray) -> list[str]:
-    """Problems of one label file: unreadable, not one channel, wrong size, invalid values."""
-    try:
-        values = read_label(path)
-    except OSError as error:
-        return [str(error)]
-    if values.ndim != 2:
-        return [f"{path}: a label map must have one channel, got shape {values.shape}"]
-    problems = []
-    if image_size is not None and values.shape != image_size:
-        problems.append(
-            f"{path}: size {values.shape[1]}x{values.shape[0]} differs from its image "
-            f"({image_size[1]}x{image_size[0]})"
-        )
-    present = np.unique(values)
-    bad = [int(v) for v in present if not (0 <= v <= 255 and valid[v])]
-    if bad:
-        kind = "trainIds" if valid is _VALID_TRAIN_IDS else "Cityscapes labelIds"
-        problems.append(f"{path}: values {bad[:20]} are not valid {kind}")
-    return problems
+    return invalid
 
 
 def _check_split(root: Path, split: str, report: DatasetReport) -> None:
@@ -395,10 +306,10 @@ def _check_split(root: Path, split: str, report: DatasetReport) -> None:
     for image in images:
         base = _gt_base(root, split, image)
         labels = [
-            (path, valid)
-            for path, valid in (
-                (_with_suffix(base, _LABEL_IDS_SUFFIX), _VALID_LABEL_IDS),
-                (_with_suffix(base, _TRAIN_IDS_SUFFIX), _VALID_TRAIN_IDS),
+            (path, valid, kind)
+            for path, valid, kind in (
+                (_with_suffix(base, _LABEL_IDS_SUFFIX), _VALID_LABEL_IDS, "Cityscapes labelIds"),
+                (_with_suffix(base, _TRAIN_IDS_SUFFIX), _VALID_TRAIN_IDS, "trainIds"),
             )
             if path.is_file()
         ]
@@ -408,13 +319,9 @@ def _check_split(root: Path, split: str, report: DatasetReport) -> None:
             )
             continue
         pairs += 1
-        try:
-            size = tuple(read_rgb(image).shape[1:])
-        except OSError as error:
-            report.problems.append(str(error))
-            size = None
-        for path, valid in labels:
-            report.problems += _check_label(path, size, valid)
+        size = image_size(image, report)
+        for path, valid, kind in labels:
+            report.problems += check_label_file(path, size, _valid_values(valid), kind)
     label_dir = root / "gtFine" / split
     for suffix in (_LABEL_IDS_SUFFIX, _TRAIN_IDS_SUFFIX):
         for path in sorted(label_dir.glob(f"*/*{suffix}")):
@@ -433,7 +340,7 @@ def check_dataset(
     left out); labels of such a split are still reported as labels without images.
     """
     root = Path(root)
-    report = DatasetReport(root)
+    report = DatasetReport(root, classes=CLASSES)
     if not root.is_dir():
         report.problems.append(f"{root}: dataset root does not exist or is not a folder")
         return report

@@ -30,9 +30,17 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from emanet.io.images import write_png
 
-from .cityscapes import LABELS, palette_lut
+from .cityscapes import CLASSES, LABELS, label_ids_to_train_ids, palette_lut
+from .folder import write_classes_json
 
-__all__ = ["generate_toycity", "render_scene", "CITIES", "MIN_SIZE"]
+__all__ = [
+    "generate_toy_folder",
+    "generate_toycity",
+    "render_scene",
+    "CITIES",
+    "MIN_SIZE",
+    "TOY_GROUPS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -436,3 +444,54 @@ def _write_scene(
     # 16-bit PNG like the official files (ids up to 33999 fit).
     write_png(gt_dir / f"{stem}_gtFine_instanceIds.png", instances.astype(np.uint16))
     write_png(gt_dir / f"{stem}_gtFine_color.png", _COLOR_LUT[labels])
+
+
+#: The toy city's 19 classes regrouped by their Cityscapes category: 7 classes.
+TOY_GROUPS: dict[str, tuple[str, ...]] = {
+    category: tuple(lb.name for lb in LABELS if lb.category == category and lb.name in CLASSES)
+    for category in ("flat", "construction", "object", "nature", "sky", "human", "vehicle")
+}
+
+
+def generate_toy_folder(
+    root: str | os.PathLike[str],
+    train: int = 40,
+    val: int = 10,
+    size: tuple[int, int] = (128, 256),
+    seed: int = 0,
+    groups: dict[str, tuple[str, ...]] | None = None,
+) -> Path:
+    """Write toy-city scenes as a dataset in the folder format (see :mod:`emanet.data.folder`)
+    under ``root`` and return ``root``: ``images/{train,val}/NAME.png``, ``labels/...`` of class
+    ids, ``classes.json``.
+
+    Args:
+        groups: class name -> the Cityscapes classes it gathers (default :data:`TOY_GROUPS`,
+            the 7 categories); the classes it leaves out are ignored (255). Each class's colour
+            is that of its first Cityscapes class.
+        train, val, size, seed: as for :func:`generate_toycity`.
+    """
+    root, groups = Path(root), groups or TOY_GROUPS
+    height, width = size
+    if min(height, width) < MIN_SIZE:
+        raise ValueError(f"size must be at least {MIN_SIZE}x{MIN_SIZE}, got {height}x{width}")
+    regroup = np.full(256, 255, dtype=np.uint8)
+    for group_id, members in enumerate(groups.values()):
+        regroup[[CLASSES.index(name) for name in members]] = group_id
+    colours = {lb.name: lb.color for lb in LABELS}
+    write_classes_json(root, list(groups), [colours[members[0]] for members in groups.values()])
+    for split_index, (split, count) in enumerate((("train", train), ("val", val))):
+        for index in range(count):
+            rng = np.random.default_rng([seed, split_index, index])
+            image, label_ids, _ = render_scene(height, width, rng)
+            labels = regroup[label_ids_to_train_ids(label_ids)]
+            write_png(root / "images" / split / f"scene_{index:04d}.png", image)
+            write_png(root / "labels" / split / f"scene_{index:04d}.png", labels)
+    log.info(
+        "toy folder dataset: %d train, %d val scenes, %d classes in %s",
+        train,
+        val,
+        len(groups),
+        root,
+    )
+    return root

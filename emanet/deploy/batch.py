@@ -9,9 +9,14 @@ written under the output folder ``OUT``::
     OUT/sub/dir/name_overlay.png    the image blended with the mask
     OUT/sub/dir/name_trainIds.png   8-bit trainIds (0-18)
 
-A file given by itself is written at the top of ``OUT``. Images are loaded and results encoded
-in background threads (Pillow releases the GIL while it decodes and compresses) while the model
-runs; images of the same size are grouped into batches of ``batch_size``.
+A file given by itself is written at the top of ``OUT``. ``trainIds`` are the class ids of the
+model's own classes (Cityscapes' trainIds for a Cityscapes model). Images are loaded and results
+encoded in background threads (Pillow releases the GIL while it decodes and compresses) while the
+model runs; images of the same size are grouped into batches of ``batch_size``.
+
+Under ``torchrun`` (:func:`torchrun_group`) the images are shared out among the processes: each
+is predicted once, by the process that owns its output files, and every process returns the
+merged summary.
 
 What goes wrong is told in one line and loses nothing:
 
@@ -40,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -56,6 +62,8 @@ __all__ = [
     "find_images",
     "output_paths",
     "predict_images",
+    "share_jobs",
+    "torchrun_group",
 ]
 
 log = logging.getLogger(__name__)
@@ -345,6 +353,52 @@ class _Run:
         )
 
 
+@contextlib.contextmanager
+def torchrun_group(device: str | None = None) -> Iterator[tuple[int, int, str | None]]:
+    """``(rank, world, device)`` of this process. Under ``torchrun`` (``WORLD_SIZE`` > 1) the
+    process group is joined (NCCL for CUDA, gloo otherwise; left on the way out if opened here)
+    and a CUDA device (``--device cuda``, or none given on a machine with CUDA) is this process's
+    GPU, ``cuda:LOCAL_RANK``. Outside torchrun: ``(0, 1, device)``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 and not dist.is_initialized():
+        yield 0, 1, device
+        return
+    wants_cuda = device in (None, "cuda") and torch.cuda.is_available()
+    if wants_cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(torch.device(device))
+    opened = not dist.is_initialized()
+    if opened:
+        dist.init_process_group("nccl" if wants_cuda else "gloo")
+    try:
+        yield dist.get_rank(), dist.get_world_size(), device
+    finally:
+        if opened and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def share_jobs(jobs: Sequence[ImageJob], rank: int, world: int) -> list[ImageJob]:
+    """The jobs of process ``rank`` of ``world``: round robin over the output paths, so jobs
+    whose results would land on the same files meet in one process (which skips the later)."""
+    owner: dict[Path, int] = {}
+    for job in jobs:
+        owner.setdefault(job.output_stem, len(owner) % world)
+    return [job for job in jobs if owner[job.output_stem] == rank]
+
+
+def _merged(summary: PredictSummary, world: int) -> PredictSummary:
+    """Every process's summary in one (written and skipped of all, the longest time)."""
+    if world == 1:
+        return summary
+    parts: list[PredictSummary | None] = [None] * world
+    dist.all_gather_object(parts, summary)
+    return PredictSummary(
+        written=[path for part in parts for path in part.written],
+        skipped=[item for part in parts for item in part.skipped],
+        seconds=max(part.seconds for part in parts),
+    )
+
+
 def predict_images(
     segmenter,
     jobs: Sequence[ImageJob],
@@ -357,6 +411,8 @@ def predict_images(
     opacity: float = 0.5,
     progress: bool = True,
     workers: int = 2,
+    rank: int = 0,
+    world: int = 1,
 ) -> PredictSummary:
     """Segment ``jobs`` with ``segmenter`` and write their results under ``out_dir``.
 
@@ -370,6 +426,8 @@ def predict_images(
         opacity: of the mask in the overlay.
         progress: show a progress bar.
         workers: threads that load images and encode results.
+        rank, world: this process's share of ``jobs`` (:func:`share_jobs`) under
+            torch.distributed; every process returns the merged summary.
 
     Returns:
         a :class:`PredictSummary` (also logged).
@@ -382,17 +440,20 @@ def predict_images(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     start = time.perf_counter()
+    jobs = share_jobs(jobs, rank, world)
     options = {"num_iterations": num_iterations, "aug_test": aug_test, "mode": mode}
     with (
         _thread_pool(workers, "emanet-load") as loader,
         _thread_pool(workers, "emanet-write") as writer,
         logging_redirect_tqdm(),
-        tqdm(total=len(jobs), desc="predict", unit="image", disable=not progress) as bar,
+        tqdm(total=len(jobs), desc="predict", unit="image", disable=not progress or rank) as bar,
     ):
         run = _Run(segmenter, Path(out_dir), batch_size, options, opacity, bar, writer)
         for job, load in _prefetch(jobs, loader, lookahead=2 * batch_size + workers):
             run.take(job, load)
         run.finish()
     run.summary.seconds = time.perf_counter() - start
-    log.info("%s", run.summary.format(out_dir))
-    return run.summary
+    summary = _merged(run.summary, world)
+    if rank == 0:
+        log.info("%s%s", summary.format(out_dir), f" ({world} processes)" if world > 1 else "")
+    return summary

@@ -5,8 +5,9 @@ Every image of the dataset is decoded once, goes through the segmenter's own tes
 (:func:`~emanet.data.transforms.preprocess_test_image`, whole/slide, optional multi-scale +
 flip, logits resized back to the image) and is compared with its full-resolution label by
 :class:`~emanet.evaluation.metrics.IoUMetric`; :class:`~emanet.evaluation.metrics.InstanceIoUMetric`
-adds iIoU when the dataset has ``gtFine_instanceIds`` files. Predictions can be written as
-trainId PNGs and as labelId PNGs for the official scripts (:mod:`emanet.evaluation.results`).
+adds iIoU when the dataset has ``gtFine_instanceIds`` files (Cityscapes only). Predictions can
+be written as class-id PNGs and as labelId PNGs for the official scripts
+(:mod:`emanet.evaluation.results`).
 
 Under torch.distributed rank ``r`` of ``world_size`` scores images ``r, r + world_size, ...``
 and the counts are summed over the ranks, so every rank returns the scores of all images, each
@@ -15,17 +16,41 @@ counted once.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from emanet.io.images import read_label
+from emanet.runtime.errors import UserError
 
 from .metrics import InstanceIoUMetric, IoUMetric
 from .results import export_cityscapes_results, save_train_id_png
 
-__all__ = ["evaluate_segmenter"]
+__all__ = ["ClassMismatch", "evaluate_segmenter"]
+
+log = logging.getLogger(__name__)
+
+
+class ClassMismatch(UserError, ValueError):
+    """The model predicts other classes than the dataset has, or a Cityscapes-only output was
+    asked of another dataset."""
+
+
+def check_classes(segmenter, dataset, cityscapes_format) -> None:
+    """Refuse a model whose number of classes is not the dataset's, and the Cityscapes result
+    export for other datasets; warn when the names differ."""
+    model_classes, data_classes = tuple(segmenter.classes), tuple(dataset.classes)
+    if len(model_classes) != len(data_classes):
+        raise ClassMismatch(
+            f"the model predicts {len(model_classes)} classes but {dataset.root} has "
+            f"{len(data_classes)}: evaluate a model trained on this dataset's classes"
+        )
+    if model_classes != data_classes:
+        log.warning("the model's class names differ from the dataset's; scoring by position")
+    if cityscapes_format is not None and getattr(dataset, "format", None) != "cityscapes":
+        raise ClassMismatch("--cityscapes-format writes Cityscapes labelIds: Cityscapes data only")
 
 
 def evaluate_segmenter(
@@ -43,13 +68,15 @@ def evaluate_segmenter(
     rank: int = 0,
     world_size: int = 1,
 ) -> dict:
-    """Score a :class:`emanet.Segmenter` on a :class:`~emanet.data.CityscapesDataset` (whose
-    ``transforms`` are not used: the segmenter applies its test pipeline).
+    """Score a :class:`emanet.Segmenter` on a dataset of any layout (see
+    :func:`emanet.data.open_dataset`; its ``transforms`` are not used: the segmenter applies
+    its test pipeline). iIoU is Cityscapes' alone: it needs the instance files.
 
     Args:
         mode, aug_test, num_iterations, inverse_temperature: as for the segmenter's call.
         max_images: score only the first this many images.
-        save_pred: folder for trainId PNGs; cityscapes_format: folder for labelId PNGs.
+        save_pred: folder for class-id PNGs; cityscapes_format: folder for labelId PNGs
+            (Cityscapes data only).
         rank, world_size: this process's share of the images under torch.distributed.
 
     Returns:
@@ -58,12 +85,9 @@ def evaluate_segmenter(
         ``confusion`` matrix (pixel counts summed over the ranks, rows = ground truth, columns
         = prediction, a list of lists in ``classes`` order) and ``iIoU`` when available.
     """
-    options = dict(
-        mode=mode,
-        aug_test=aug_test,
-        num_iterations=num_iterations,
-        inverse_temperature=inverse_temperature,
-    )
+    options = dict(mode=mode, aug_test=aug_test, num_iterations=num_iterations,
+                   inverse_temperature=inverse_temperature)  # fmt: skip
+    check_classes(segmenter, dataset, cityscapes_format)
     classes = list(segmenter.classes)
     metric, instance_metric = IoUMetric(num_classes=len(classes)), InstanceIoUMetric()
     count = len(dataset) if max_images is None else min(max_images, len(dataset))

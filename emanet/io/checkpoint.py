@@ -54,6 +54,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+#: The weights of the two classifiers (one output per class): what changes with the class set.
+CLASSIFIER_KEYS = (
+    "decode_head.conv_seg.weight",
+    "decode_head.conv_seg.bias",
+    "auxiliary_head.conv_seg.weight",
+    "auxiliary_head.conv_seg.bias",
+)
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"  # legacy (pre-1.6) torch.save files start with a pickle PROTO opcode
 
@@ -88,6 +95,15 @@ class Checkpoint:
     classes: tuple[str, ...] | None = None
     palette: tuple[tuple[int, int, int], ...] | None = None
     test_scale: tuple[int, int] | None = None
+
+    @property
+    def num_classes(self) -> int | None:
+        """The classes the weights predict: the rows of the decode head's classifier
+        (``decode_head.conv_seg.weight``), else the number of class names, else ``None``."""
+        classifier = self.state_dict.get(CLASSIFIER_KEYS[0])
+        if classifier is not None and classifier.ndim >= 1:
+            return int(classifier.shape[0])
+        return len(self.classes) if self.classes else None
 
     def load_into(self, model: nn.Module, *, strict: bool = True) -> KeyReport:
         """Copy the weights into ``model`` (see :func:`load_checkpoint` for ``strict``); returns

@@ -81,6 +81,28 @@ class KeyReport:
             )
         return "\n".join(lines)
 
+    def reuse_summary(self, name: str, reinitialised: tuple[str, ...] = ()) -> str:
+        """What a fine-tuning start takes from ``name`` (reused keys, by top-level module) and
+        what the model initialises itself (new keys, with the file's shape where it differs);
+        ``reinitialised``: file keys left out on purpose (e.g. classifiers of other classes)."""
+        groups: dict[str, int] = {}
+        for key in self.loaded:
+            groups[key.split(".")[0]] = groups.get(key.split(".")[0], 0) + 1
+        total = len(self.loaded) + len(self.missing) + len(self.misshaped)
+        by_module = ", ".join(f"{module} {count}" for module, count in groups.items())
+        lines = [
+            f"from {name}: reused {len(self.loaded)} of {total} tensors ({by_module or 'none'})"
+        ]
+        new = [f"{key} {want}" for key, _, want in self.misshaped]
+        new += [f"{key} (other classes in the file)" for key in reinitialised]
+        new += [f"{key} (not in the file)" for key in self.missing if key not in reinitialised]
+        if new:
+            lines.append(f"  new, initialised here ({len(new)}): {listing(new)}")
+        if self.unexpected:
+            lines.append(f"  in the file, not in the model ({len(self.unexpected)}): "
+                         f"{listing(self.unexpected)}")  # fmt: skip
+        return "\n".join(lines)
+
 
 def listing(keys) -> str:
     """The first keys of ``keys``, comma-separated, and how many more there are."""

@@ -1,5 +1,6 @@
 """Named model configurations: the four rows of mmsegmentation's EMANet Cityscapes model card,
-and a small CPU-friendly one for the bundled model and the tutorials.
+the paper's Pascal VOC recipe, and a small CPU-friendly one for the bundled model and the
+tutorials.
 
 A preset is plain data; :func:`emanet.build_model` turns it into a module. The names are
 mmsegmentation's config names, so ``build_model("emanet_r50-d8_512x1024_80k_cityscapes")``
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["PRESETS", "SMALL_PRESET", "ModelPreset", "get_preset"]
+__all__ = ["PRESETS", "SMALL_PRESET", "VOC_PRESET", "ModelPreset", "get_preset"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ class ModelPreset:
         centered_cosine: the EM unit works on pixels centred on the image's mean feature and
             L2-normalised, a cosine E-step (False: mmsegmentation's and the paper's unit). See
             :mod:`emanet.models.ema`.
-        num_classes: 19 Cityscapes train classes.
+        num_classes: classifier outputs: 19 Cityscapes train classes, 21 VOC classes (a
+            training run sizes them from its dataset, see :func:`emanet.build_model`).
         crop_size: training crop ``(h, w)``; also the slide window.
         train_scale: ``(long, short)`` scale of the random resize in training, mmseg's
             ``(2048, 1024)`` (``(2049, 1025)`` for the 769 configs).
@@ -136,6 +138,25 @@ SMALL_PRESET = ModelPreset(
     pretrained=None,
 )
 
+# The paper's Pascal VOC recipe as the official repository (XiaLiPKU/EMANet, settings.py) sets
+# it: R-101 at output stride 8, 513x513 crops, K = 64, T = 3, 512 EM channels, bases momentum
+# 0.1 (its EM_MOM 0.9 is the weight of the old bases), logits resized with align_corners=True.
+# Random scales of 0.5-2.0 times the image: a scale of (500, 500) is the image itself for VOC's
+# 500-pixel images, so the ratio range does the rest; tested at that scale, the whole image.
+# The network is mmsegmentation's (FCN auxiliary head, concat_input): docs/training.md lists
+# where it and the schedule differ from the official code. Not yet trained or measured here.
+VOC_PRESET = ModelPreset(
+    name="emanet_r101-d8_513x513_30k_voc12aug",
+    depth=101,
+    num_classes=21,
+    crop_size=(513, 513),
+    train_scale=(500, 500),
+    test_scale=(500, 500),
+    test_mode="whole",
+    align_corners=True,
+    pretrained="open-mmlab://resnet101_v1c",
+)
+
 PRESETS: dict[str, ModelPreset] = {
     p.name: p
     for p in (
@@ -143,6 +164,7 @@ PRESETS: dict[str, ModelPreset] = {
         _official(101, 512, "emanet_r101-d8_512x1024_80k_cityscapes_20200901_100301-2d970745.pth"),
         _official(50, 769, "emanet_r50-d8_769x769_80k_cityscapes_20200901_100301-16f8de52.pth"),
         _official(101, 769, "emanet_r101-d8_769x769_80k_cityscapes_20200901_100301-47a324ce.pth"),
+        VOC_PRESET,
         SMALL_PRESET,
     )
 }

@@ -214,12 +214,20 @@ class EMANet(nn.Module):
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
 
-def build_model(name: str | ModelPreset = "emanet_r18-d8_toycity", **overrides) -> EMANet:
+def build_model(
+    name: str | ModelPreset = "emanet_r18-d8_toycity", num_classes: int | None = None, **overrides
+) -> EMANet:
     """Build an EMANet from a preset name (see :data:`emanet.models.presets.PRESETS`).
 
-    Keyword ``overrides`` replace preset fields (e.g. ``num_iterations=5``). Weights are random;
-    load them with :func:`emanet.load_checkpoint`.
+    ``num_classes``: the classifiers' outputs (default: the preset's, 19 for Cityscapes), e.g.
+    a dataset's ``len(dataset.classes)``. Keyword ``overrides`` replace other preset fields
+    (e.g. ``num_iterations=5``). Weights are random; load them with
+    :func:`emanet.load_checkpoint`.
     """
+    if num_classes is not None:
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        overrides["num_classes"] = int(num_classes)
     preset = get_preset(name)
     if overrides:
         preset = preset.with_overrides(**overrides)

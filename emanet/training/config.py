@@ -42,9 +42,20 @@ class TrainConfig:
 
     preset: str = _option("model preset, e.g. emanet_r18-d8_toycity (see `emanet models`)")
     data_root: str = _option(
-        "Cityscapes-layout dataset root (leftImg8bit/, gtFine/)", flag="data", metavar="ROOT"
+        "dataset root: Cityscapes, Pascal VOC, ADE20K or the folder format (see `emanet data "
+        "check`); the heads get one output per class of the dataset",
+        flag="data",
+        metavar="ROOT",
     )
     work_dir: str = _option("folder for checkpoints, logs, curves and model.pth", metavar="DIR")
+    data_format: str | None = _option(
+        "dataset layout: cityscapes, voc, ade20k or folder (default: detected)",
+        None,
+        flag="format",
+    )
+    train_split: str | None = _option(
+        "split to train on (default: train; train_aug for VOC with the augmented list)", None
+    )
     iters: int = _option("training iterations", 80_000)
     batch_size: int = _option("images per iteration and process", 2)
     lr: float = _option("initial learning rate (SGD)", 0.01)
@@ -85,7 +96,11 @@ class TrainConfig:
         "preset's ImageNet backbone; none with --init or when resuming)",
         None,
     )
-    init: str | None = _option("initial weights: path, URL or zoo name (non-strict)", None)
+    init: str | None = _option(
+        "initial weights: path, URL, zoo or bundled name; every tensor whose shape fits is "
+        "loaded, classifiers of other classes are initialised afresh (a report is logged)",
+        None,
+    )
     resume: bool = _option("continue from work-dir/latest.pth", False)
     device: str | None = _option(
         "cpu, cuda (this process's GPU: LOCAL_RANK's under torchrun) or cuda:N", None

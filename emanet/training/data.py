@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from emanet.data.cityscapes import CityscapesDataset
+from emanet.data.formats import open_dataset, train_split
+from emanet.data.segmentation import SegmentationDataset
 from emanet.data.transforms import TrainTransform
 from emanet.models.presets import ModelPreset
 from emanet.runtime.device import usable_cpus
@@ -23,7 +24,13 @@ from emanet.runtime.device import usable_cpus
 from .config import TrainConfig
 from .run import Run
 
-__all__ = ["EpochSampler", "SeededSamples", "build_loaders", "default_workers"]
+__all__ = [
+    "EpochSampler",
+    "SeededSamples",
+    "build_loaders",
+    "default_workers",
+    "open_training_set",
+]
 
 
 def default_workers() -> int:
@@ -70,7 +77,7 @@ class SeededSamples(Dataset):
     """
 
     def __init__(
-        self, dataset: CityscapesDataset, transform: TrainTransform, finish: bool = False
+        self, dataset: SegmentationDataset, transform: TrainTransform, finish: bool = False
     ) -> None:
         self.dataset, self.transform, self.finish = dataset, transform, finish
 
@@ -89,6 +96,14 @@ class SeededSamples(Dataset):
         return image, label, params
 
 
+def open_training_set(config: TrainConfig) -> SegmentationDataset:
+    """The split a run trains on (``config.train_split``, default
+    :func:`~emanet.data.formats.train_split`), in the dataset's layout; its ``classes`` and
+    ``palette`` are the model's."""
+    split = config.train_split or train_split(config.data_root, config.data_format)
+    return open_dataset(config.data_root, split, config.data_format)
+
+
 def build_loaders(
     config: TrainConfig, preset: ModelPreset, run: Run, start: int = 0
 ) -> tuple[DataLoader, TrainTransform, Dataset | None]:
@@ -103,7 +118,7 @@ def build_loaders(
         ratio_range=tuple(config.ratio_range),
     )
     on_cpu = run.device.type == "cpu"  # on a GPU, colours and normalisation run there
-    train_set = SeededSamples(CityscapesDataset(config.data_root, "train"), transform, on_cpu)
+    train_set = SeededSamples(open_training_set(config), transform, on_cpu)
     sampler = EpochSampler(
         len(train_set), config.seed, run.rank, run.world, start * config.batch_size
     )
@@ -118,5 +133,7 @@ def build_loaders(
         persistent_workers=False,
         generator=torch.Generator().manual_seed(config.seed),
     )
-    val_set = CityscapesDataset(config.data_root, "val") if config.val_interval else None
+    val_set = None
+    if config.val_interval:
+        val_set = open_dataset(config.data_root, "val", config.data_format)
     return loader, transform, val_set

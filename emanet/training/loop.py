@@ -23,11 +23,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from emanet.data.cityscapes import CLASSES, PALETTE
 from emanet.data.transforms import TrainTransform
 from emanet.evaluation.evaluate import evaluate_segmenter
 from emanet.fast.recompute import RecomputeNormReLU
-from emanet.io.checkpoint import load_checkpoint
+from emanet.io.checkpoint import CLASSIFIER_KEYS, read_checkpoint, resolve_checkpoint
+from emanet.io.keys import KeyReport
 from emanet.io.pretrained import load_backbone
 from emanet.models.presets import ModelPreset, get_preset
 from emanet.models.segmentor import EMANet, build_model
@@ -38,7 +38,7 @@ from emanet.runtime.logs import configure_logging
 from emanet.runtime.precision import autocast
 
 from .config import NO_PRETRAINED, TrainConfig, build_parser, config_from_args
-from .data import build_loaders
+from .data import build_loaders, open_training_set
 from .run import Run, setup_run
 from .workdir import WorkDir, restore_state
 
@@ -46,6 +46,7 @@ __all__ = [
     "TrainingDiverged",
     "build_optimizer",
     "build_training_model",
+    "init_from",
     "main",
     "poly_lr",
     "train",
@@ -70,7 +71,10 @@ def train(config: TrainConfig, progress: bool = True) -> tuple[EMANet, dict]:
     resuming = config.resume and work_dir.latest.is_file()
     if config.resume and not resuming:
         log.info("--resume: no %s yet, starting from scratch", work_dir.latest)
-    model = build_training_model(config, preset, run, resuming)
+    # The heads' outputs and the names and colours model.pth records: the training set's.
+    train_set = open_training_set(config)
+    classes, palette = train_set.classes, train_set.palette
+    model = build_training_model(config, preset, run, resuming, classes)
     optimizer = build_optimizer(model, config, run)
     start = restore_state(work_dir.latest, model, optimizer, run) if resuming else 0
     work_dir.begin(start)
@@ -101,24 +105,31 @@ def train(config: TrainConfig, progress: bool = True) -> tuple[EMANet, dict]:
     bar.close()
     if work_dir.saved_at != config.iters:
         work_dir.save(model, optimizer, config.iters)
-    work_dir.finish(model, config.iters, last_val, config.val_scale or preset.test_scale)
+    work_dir.finish(model, config.iters, last_val, config.val_scale or preset.test_scale,
+                    classes, palette)  # fmt: skip
     if run.world > 1:
         dist.barrier()
     return model, last_val
 
 
 def build_training_model(
-    config: TrainConfig, preset: ModelPreset, run: Run, resuming: bool
+    config: TrainConfig,
+    preset: ModelPreset,
+    run: Run,
+    resuming: bool,
+    classes: tuple[str, ...] | None = None,
 ) -> EMANet:
-    """The model this process trains: seeded init, pretrained backbone, ``init`` weights,
-    SyncBatchNorm under CUDA DDP, on the device, in the requested memory format."""
+    """The model this process trains: one output per class of ``classes`` (default: the
+    training set's), seeded init, pretrained backbone, ``init`` weights, SyncBatchNorm under
+    CUDA DDP, on the device, in the requested memory format."""
     torch.manual_seed(config.seed + run.rank)
-    model = build_model(preset)
+    classes = classes or open_training_set(config).classes
+    model = build_model(preset, num_classes=len(classes))
     source = pretrained_source(config, preset, resuming)
     if source is not None:
         load_backbone(model, source, progress=run.rank == 0)
-    if config.init:
-        load_checkpoint(model, config.init, strict=False)
+    if config.init and not resuming:
+        init_from(model, config.init, classes, progress=run.rank == 0)
     if run.world > 1 and run.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif run.world > 1:
@@ -127,6 +138,26 @@ def build_training_model(
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def init_from(
+    model: EMANet, source: str, classes: tuple[str, ...], progress: bool = True
+) -> KeyReport:
+    """Start ``model`` from the checkpoint ``source`` (a path, URL, zoo or bundled name): every
+    tensor whose name and shape fit is loaded (backbone, EM unit and its bases, the heads'
+    convolutions); the classifiers keep their fresh initialisation when their shape differs
+    or when the file names other classes. Logs what was reused and what is new."""
+    checkpoint = read_checkpoint(resolve_checkpoint(source, progress=progress))
+    state = dict(checkpoint.state_dict)
+    dropped: tuple[str, ...] = ()
+    if checkpoint.classes is not None and tuple(checkpoint.classes) != tuple(classes):
+        dropped = tuple(key for key in CLASSIFIER_KEYS if key in state)
+        for key in dropped:
+            del state[key]
+    report = KeyReport.compare(state, model.state_dict())
+    model.load_state_dict({key: state[key] for key in report.loaded}, strict=False)
+    log.info("--init %s", report.reuse_summary(str(checkpoint.path), dropped))
+    return report
 
 
 def pretrained_source(config: TrainConfig, preset: ModelPreset, resuming: bool) -> str | None:
@@ -259,7 +290,9 @@ def validate(model: EMANet, dataset: Dataset, run: Run, config: TrainConfig, pro
     """mIoU of ``model`` on ``dataset`` as ``emanet eval`` scores it, at the run's validation
     scale (``config.val_scale``, default the preset's), shared across ranks: the metrics of
     :func:`~emanet.evaluation.evaluate.evaluate_segmenter`."""
-    segmenter = Segmenter(model, CLASSES, PALETTE, device=run.device, test_scale=config.val_scale)
+    segmenter = Segmenter(
+        model, dataset.classes, dataset.palette, device=run.device, test_scale=config.val_scale
+    )
     report = evaluate_segmenter(
         segmenter,
         dataset,

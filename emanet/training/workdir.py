@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from emanet.data.cityscapes import CLASSES, PALETTE
 from emanet.io.atomic import WriteError, atomic_save, atomic_write, atomic_write_text
 from emanet.io.checkpoint import save_checkpoint
 from emanet.viz.figures import plot_training_curves
@@ -74,9 +73,11 @@ class WorkDir:
             raise error.with_advice(self._advice()) from None
         self.saved_at = iteration
 
-    def finish(self, model: nn.Module, iteration: int, val: dict, test_scale) -> None:
-        """``model.pth`` (our format, with the test scale it was validated at) and
-        ``curves.png``."""
+    def finish(
+        self, model: nn.Module, iteration: int, val: dict, test_scale, classes, palette
+    ) -> None:
+        """``model.pth`` (our format, with the dataset's class names and palette and the test
+        scale it was validated at) and ``curves.png``."""
         if self.run.rank != 0:
             return
         meta = {"iterations": iteration, "config": config_to_json(self.config), "val": val}
@@ -85,8 +86,8 @@ class WorkDir:
                 self.root / "model.pth",
                 model,
                 preset=model.preset.name,
-                classes=list(CLASSES),
-                palette=[tuple(c) for c in PALETTE],
+                classes=list(classes),
+                palette=[tuple(c) for c in palette],
                 test_scale=test_scale,
                 meta=meta,
             )

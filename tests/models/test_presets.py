@@ -61,8 +61,20 @@ def test_official_presets_are_mmsegs_configs(name):
     assert preset.pretrained == f"open-mmlab://resnet{depth}_v1c"
 
 
+def test_the_voc_preset_is_the_papers_recipe():
+    voc = PRESETS["emanet_r101-d8_513x513_30k_voc12aug"]
+    assert (voc.depth, voc.num_classes, voc.crop_size, voc.test_mode) == (
+        101,
+        21,
+        (513, 513),
+        "whole",
+    )
+    assert (voc.num_bases, voc.num_iterations, voc.ema_channels, voc.momentum) == (64, 3, 512, 0.1)
+    assert voc.align_corners and voc.url is None and voc.pretrained == "open-mmlab://resnet101_v1c"
+
+
 def test_the_small_preset_and_lookups():
-    assert set(PRESETS) == {*CONFIGS, SMALL_PRESET.name}
+    assert set(PRESETS) == {*CONFIGS, SMALL_PRESET.name, "emanet_r101-d8_513x513_30k_voc12aug"}
     assert SMALL_PRESET.url is None and SMALL_PRESET.pretrained is None
     assert get_preset(SMALL_PRESET) is SMALL_PRESET
     assert get_preset(SMALL_PRESET.name).with_overrides(num_iterations=5).num_iterations == 5

@@ -87,11 +87,11 @@ def test_a_full_disk_at_a_checkpoint_loses_nothing_and_resume_finishes(tmp_path,
         assert torch.equal(resumed.state_dict()[key], value), key
 
 
-def test_a_work_dir_that_cannot_be_written_stops_before_training(tmp_path):
+def test_a_work_dir_that_cannot_be_written_stops_before_training(city, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(WriteError, match="cannot write .*config.json"):
-        train(config(tmp_path, blocker / "run"), progress=False)
+        train(config(city, blocker / "run"), progress=False)
 
 
 def test_model_pth_records_the_scale_it_was_validated_at(tmp_path):
