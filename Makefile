@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint format demo lab bench screenshot clean
+.PHONY: install test test-fast lint format demo lab docs bench screenshot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,12 +35,19 @@ format: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m app
 
+# On this machine only (localhost); --allow-root where the user is root, as in most containers.
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ --ip=localhost $(if $(filter 0,$(shell id -u)),--allow-root)
 
-# docs/app.png: the app on the bundled model, a toy-city example, in Debian's chromium.
+# docs/notebooks/: the notebooks run in full (minutes each), outputs kept; only those whose code
+# changed run again (tests/test_notebooks.py fails while a rendering is out of date).
+docs: $(STAMP)
+	$(BIN)/python docs/notebooks/render.py
+
+# docs/app.png and docs/parts.gif (.png): the app on the bundled model, a toy-city example, in
+# Debian's chromium.
 screenshot: $(STAMP)
-	$(BIN)/python benchmarks/screenshot_app.py --out docs/app.png
+	$(BIN)/python benchmarks/screenshot_app.py --out docs/app.png --parts-gif docs/parts.gif
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ema.py
