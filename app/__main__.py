@@ -1,5 +1,5 @@
 """``python -m app [--host H] [--port N] [--model NAME_OR_PATH] [--device D] [--precision P]
-[--share]`` from a clone; ``emanet app ...`` after ``pip install 'emanet[app]'``.
+[--backend B] [--share]`` from a clone; ``emanet app ...`` after ``pip install 'emanet[app]'``.
 
 Serves on 127.0.0.1 (this machine only) unless told otherwise; a public Gradio share link is
 opened only with ``--share``.
@@ -8,13 +8,20 @@ opened only with ``--share``.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from emanet.io.checkpoint import CheckpointError
+from emanet.runtime.backends import add_backend_arguments
 from emanet.runtime.device import add_runtime_arguments, check_runtime
+from emanet.runtime.errors import UserError
 from emanet.runtime.logs import configure_logging
 
 from . import build_demo  # importing the package switches Gradio's analytics off first
+from .handlers import Explorer
+from .session import default_backend
+
+log = logging.getLogger(__name__)
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +33,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         help="default model: a zoo name or a .pth file (default: the bundled toy-city model)",
     )
     add_runtime_arguments(parser, compile=False)
+    add_backend_arguments(
+        parser, default=None, default_text="onnxruntime on a CPU where it is installed, else torch"
+    )
     parser.add_argument("--share", action="store_true", help="also open a public share link")
     parser.add_argument(
         "--max-file-size",
@@ -44,17 +54,26 @@ def main(argv: list[str] | None = None, prog: str = "python -m app") -> None:
     args = parser.parse_args(argv)
     configure_logging()
     try:
-        device, _ = check_runtime(args.device, args.precision)
+        device, _ = check_runtime(args.device, args.precision, args.backend)
+        backend = args.backend or default_backend(device)
+        check_runtime(str(device), args.precision, backend)
     except ValueError as error:
         parser.error(str(error))
+    log.info("running the networks with %s on %s", backend, device)
     try:
         # preload: a model that cannot be loaded (offline download, bad file) stops us here
         # with its message instead of failing every request.
-        demo = build_demo(
-            default_model=args.model, preload=True, device=str(device), precision=args.precision
+        explorer = Explorer(
+            default_model=args.model,
+            preload=True,
+            device=str(device),
+            precision=args.precision,
+            backend=backend,
+            calibration=args.calibration,
         )
-    except CheckpointError as error:
+    except (CheckpointError, UserError) as error:
         sys.exit(f"{prog}: {error}")
+    demo = build_demo(explorer=explorer)
     demo.launch(
         server_name=args.host,
         server_port=args.port,

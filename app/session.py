@@ -11,21 +11,26 @@ named them, never by where the server keeps them.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
+import torch
+from PIL import Image
 
 from emanet.io.checkpoint import BUNDLED_CHECKPOINT, MODEL_ZOO, CheckpointError
-from emanet.io.images import ImageLoadError
+from emanet.io.images import ImageLoadError, load_image
 from emanet.models.presets import SMALL_PRESET
 from emanet.models.segmentor import build_model
 from emanet.predict import Prediction, Segmenter
+from emanet.predict.int8 import toycity_calibration
+from emanet.runtime.backends import MissingExtraError, import_onnxruntime
 from emanet.runtime.device import is_out_of_memory
 from emanet.viz import render
 
@@ -40,7 +45,13 @@ MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 2048, 32
 MIN_LAMBDA_SCALE, MAX_LAMBDA_SCALE = 0.01, 100.0
 LAMBDA_SCALE_NAME = "λ multiplier"
 #: Inputs of the ``/segment`` endpoint after the image and the model, with their defaults.
-DEFAULTS = {"iterations": 3, "max_size": 1024, "opacity": 0.5, "lambda_scale": 1.0}
+DEFAULTS = {
+    "iterations": 3,
+    "max_size": 1024,
+    "opacity": 0.5,
+    "lambda_scale": 1.0,
+    "map_opacity": 0.7,
+}
 RANDOM_WEIGHTS_NOTICE = (
     f"**Notice: random weights.** The bundled model file `{BUNDLED_CHECKPOINT.name}` is missing "
     "from this installation, so the bundled choice is a *randomly initialised* network: its "
@@ -53,10 +64,23 @@ def bundled_missing() -> bool:
     return not BUNDLED_CHECKPOINT.is_file()
 
 
+def default_backend(device) -> str:
+    """What the app runs a network with when not told: on a CPU, onnxruntime where it is
+    installed (the same labels, about half the time: docs/benchmarks.md), else torch."""
+    if torch.device(device).type != "cpu":
+        return "torch"
+    try:
+        import_onnxruntime()
+    except MissingExtraError:
+        return "torch"
+    return "onnxruntime"
+
+
 def load_segmenter(name: str | None, **options) -> Segmenter:
     """The default factory: ``None`` = the bundled model, else a zoo name or a ``.pth`` path.
 
-    ``options`` (``device``, ``precision``) go to :class:`~emanet.predict.Segmenter`. A missing
+    ``options`` (``device``, ``precision``, ``backend``, ``calibration``) go to
+    :class:`~emanet.predict.Segmenter`. A missing
     bundled file is not an error: the app stays usable with a randomly initialised model of
     the same architecture, with a warning here and a notice in the page.
     """
@@ -66,9 +90,12 @@ def load_segmenter(name: str | None, **options) -> Segmenter:
             BUNDLED_CHECKPOINT,
             SMALL_PRESET.name,
         )
+        if options.get("precision") == "int8" and not options.get("calibration"):
+            options["calibration"] = toycity_calibration()  # the preset's own domain
         return Segmenter(build_model(SMALL_PRESET), **options)
-    # progress=False: no download progress bar in a server's log.
-    return Segmenter.from_pretrained(name, progress=False, **options)
+    # progress=True: torch.hub's download bar is a tqdm bar, which the page shows (the
+    # handlers' gr.Progress(track_tqdm=True)).
+    return Segmenter.from_pretrained(name, progress=True, **options)
 
 
 def model_choices(default: str | None = None) -> list[str]:
@@ -127,11 +154,29 @@ class Session:
     seconds: float
     own_lambda: float  # the model's own inverse temperature
     lambda_scale: float = 1.0  # the run's lambda = own_lambda * lambda_scale
+    #: (width, height) of the image as uploaded (the prediction's may be shrunk to the cap)
+    source_size: tuple[int, int] | None = None
+    #: the chosen pixel, in the prediction image's pixels, or None
+    pixel: tuple[int, int] | None = None
+    #: parts maps drawn so far, by iteration (without a marker): a scrubber redraws none twice
+    parts: dict[int, np.ndarray] = field(default_factory=dict)
+    name: str = "image"  # the image's file name, as the person knows it
+    digest: str | None = None  # of the uploaded file (file_digest), to know it again
+    request: tuple | None = None  # the model and controls asked for (run_request)
 
     @property
     def inverse_temperature(self) -> float:
         """The lambda the run used."""
         return self.own_lambda * self.lambda_scale
+
+    def to_prediction(self, x: float, y: float) -> tuple[int, int]:
+        """Pixel ``(x, y)`` of the uploaded image in the prediction image's pixels."""
+        width, height = self.prediction.image.size
+        src_w, src_h = self.source_size or (width, height)
+        return (
+            int(np.clip(int(x * width / src_w), 0, width - 1)),
+            int(np.clip(int(y * height / src_h), 0, height - 1)),
+        )
 
 
 def number(value, name: str, low: float, high: float) -> float:
@@ -145,7 +190,7 @@ def number(value, name: str, low: float, high: float) -> float:
     return result
 
 
-def _image_file(image) -> tuple[str, str]:
+def image_file(image) -> tuple[str, str]:
     """``(path, name)`` of the uploaded file, from a raw ``gr.Image`` payload (the event skips
     Gradio's preprocessing so that :func:`emanet.io.images.load_image` decodes every file
     itself). ``path`` is Gradio's copy on the server; ``name`` is what the person calls the
@@ -162,6 +207,12 @@ def _image_file(image) -> tuple[str, str]:
     path = str(image)
     # Only the last component: a client chooses orig_name and may send a path.
     return path, Path(str(name or path).replace("\\", "/")).name or Path(path).name
+
+
+def file_digest(path: str) -> str:
+    """SHA-256 of a file's bytes: the same upload sent again is known to be the same image."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _without_path(message: str, path: str, name: str) -> str:
@@ -194,11 +245,13 @@ def _segmenter(cache: ModelCache, model: str | None, uploaded: str | None, allow
     raise gr.Error(_without_path(message, key, shown) if model == UPLOADED else message)
 
 
-def _predict(segmenter: Segmenter, path: str, name: str, **options) -> Prediction:
-    """``segmenter(path, trace=True, **options)``; a broken image or too little memory becomes
-    a ``gr.Error`` naming the image as the person knows it."""
+def _predict(segmenter: Segmenter, source, name: str, **options) -> tuple[Prediction, tuple]:
+    """``segmenter(source, trace=True, **options)`` and the image's size as it came; a broken
+    image or too little memory becomes a ``gr.Error`` naming the image as the person knows it."""
+    path = str(source) if isinstance(source, (str, Path)) else name
     try:
-        return segmenter(path, trace=True, **options)
+        picture = load_image(source)
+        return segmenter(picture, trace=True, **options), picture.size
     except ImageLoadError as error:
         message = f"Cannot load image {name}: {error.reason}"
         raise gr.Error(_without_path(message, path, name)) from None
@@ -213,6 +266,17 @@ def _predict(segmenter: Segmenter, path: str, name: str, **options) -> Predictio
         ) from None
 
 
+def run_request(model, uploaded, iterations, max_size, lambda_scale) -> tuple:
+    """The model and the controls of a run, checked, as one comparable value."""
+    return (
+        model or BUNDLED,
+        str(uploaded) if model == UPLOADED else None,
+        int(number(iterations, "EM iterations", 1, MAX_ITERATIONS)),
+        int(number(max_size, "input size cap", MIN_SIZE, MAX_SIZE)),
+        number(lambda_scale, LAMBDA_SCALE_NAME, MIN_LAMBDA_SCALE, MAX_LAMBDA_SCALE),
+    )
+
+
 def run_model(
     cache: ModelCache,
     image,
@@ -223,27 +287,43 @@ def run_model(
     allowed: list[str],
     lambda_scale=1.0,
 ) -> Session:
-    """Segment ``image`` with its EM trace and measure its attention; every mistake a person
-    can fix becomes a ``gr.Error``.
+    """Segment ``image`` (Gradio's payload, or a PIL image for a second run on the same
+    picture) with its EM trace and measure its attention; every mistake a person can fix
+    becomes a ``gr.Error``.
 
     ``lambda_scale`` multiplies the model's own inverse temperature for this run (a what-if;
     at 1 the model runs exactly as it was trained).
     """
-    path, name = _image_file(image)
-    steps = int(number(iterations, "EM iterations", 1, MAX_ITERATIONS))
-    size = int(number(max_size, "input size cap", MIN_SIZE, MAX_SIZE))
-    scale = number(lambda_scale, LAMBDA_SCALE_NAME, MIN_LAMBDA_SCALE, MAX_LAMBDA_SCALE)
+    source, name = (image, "image") if isinstance(image, Image.Image) else image_file(image)
+    request = run_request(model, uploaded, iterations, max_size, lambda_scale)
+    steps, size, scale = request[2:]
     segmenter = _segmenter(cache, model, uploaded, allowed)
     own_lambda = float(segmenter.model.em_unit.inverse_temperature)
     started = time.perf_counter()
     # None at 1x: the model's own unit, untouched (not a multiplication by 1.0).
     lam = None if scale == 1.0 else own_lambda * scale
-    prediction = _predict(
-        segmenter, path, name, num_iterations=steps, max_size=size, inverse_temperature=lam
+    prediction, source_size = _predict(
+        segmenter, source, name, num_iterations=steps, max_size=size, inverse_temperature=lam
     )
     seconds = time.perf_counter() - started
     log.info("segmented %s in %.2f s", name, seconds)
     trace = prediction.trace
     order = render.base_order(trace.responsibilities[-1][0])
     measures = render.convergence(trace)
-    return Session(prediction, order, measures, model or BUNDLED, seconds, own_lambda, scale)
+    label = model or BUNDLED
+    if model == UPLOADED and uploaded:
+        label = Path(str(uploaded)).name
+    digest = None if isinstance(source, Image.Image) else file_digest(source)
+    return Session(
+        prediction,
+        order,
+        measures,
+        label,
+        seconds,
+        own_lambda,
+        scale,
+        source_size,
+        name=name,
+        digest=digest,
+        request=request,
+    )

@@ -12,14 +12,21 @@ import numpy as np
 import pandas as pd
 
 from emanet.predict import Prediction
-from emanet.viz import render
+from emanet.viz import explorer, render
 
+from . import pixels
 from .session import Session, number
 
 # What the summary calls a run's attention, by its mean responsibility entropy / ln K.
 DECIDED_ENTROPY, UNIFORM_ENTROPY = 0.5, 0.9
 # The attention grid's layout; the click handler must use the same numbers.
 GRID_COLS, GRID_TILE = 8, 72
+#: The parts map is drawn this large (longer side, pixels); clicks on it are scaled.
+DISPLAY_MAX_SIDE = 1024
+#: How much of the image's brightness the base maps keep under their colours.
+DIMMED = 0.55
+#: How many bases the feature-space picture names (the largest shares).
+NAMED_BASES = 8
 #: The convergence plot's lines and their legends (short: the plot's label explains them).
 CONVERGENCE_MEASURES = {
     "base_shift": "base shift",
@@ -28,16 +35,86 @@ CONVERGENCE_MEASURES = {
 }
 
 
+def _iteration(session: Session, iteration) -> int:
+    return int(np.clip(int(iteration), 1, session.prediction.trace.num_iterations))
+
+
+def _marked(session: Session, picture: np.ndarray) -> np.ndarray:
+    """``picture`` (of the whole image, any size) with the chosen pixel's marker, if any."""
+    if session.pixel is None:
+        return picture
+    width, height = session.prediction.image.size
+    x, y = session.pixel
+    scale_x, scale_y = picture.shape[1] / width, picture.shape[0] / height
+    return explorer.draw_marker(picture, (x + 0.5) * scale_x, (y + 0.5) * scale_y)
+
+
+def _fraction(session: Session) -> tuple[float, float] | None:
+    """The chosen pixel as fractions of the image's width and height."""
+    if session.pixel is None:
+        return None
+    width, height = session.prediction.image.size
+    return (session.pixel[0] + 0.5) / width, (session.pixel[1] + 0.5) / height
+
+
 def overlay(session: Session, opacity) -> np.ndarray:
     """``(H, W, 3)`` uint8 segmentation over the image, at the image's own size."""
-    return session.prediction.overlay(number(opacity, "overlay opacity", 0.0, 1.0))
+    picture = session.prediction.overlay(number(opacity, "overlay opacity", 0.0, 1.0))
+    return _marked(session, picture)
 
 
-def grid(session: Session, iteration) -> np.ndarray:
-    """All bases' responsibilities at iteration ``t`` (clipped to 1..T), largest share first."""
+def display_size(session: Session) -> tuple[int, int]:
+    """``(H, W)`` of the parts map: the image's shape, :data:`DISPLAY_MAX_SIDE` on its longer
+    side (a small image is enlarged: the parts are computed finer than its pixels anyway)."""
+    width, height = session.prediction.image.size
+    scale = DISPLAY_MAX_SIDE / max(width, height)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def parts(session: Session, iteration, opacity) -> np.ndarray:
+    """The parts map at iteration ``t`` over the image (each drawn once per session)."""
+    t = _iteration(session, iteration)
+    alpha = number(opacity, "map opacity", 0.0, 1.0)
+    key = (t, round(alpha, 3))
+    if key not in session.parts:
+        if len(session.parts) >= 4 * session.prediction.trace.num_iterations:
+            session.parts.clear()  # bounded: a dragged opacity slider makes new keys
+        session.parts[key] = explorer.parts_map(
+            session.prediction.trace, t, session.prediction.image, alpha, display_size(session)
+        )
+    return _marked(session, session.parts[key])
+
+
+def _dimmed(session: Session) -> np.ndarray:
+    return (np.asarray(session.prediction.image, dtype=np.float32) * DIMMED).astype(np.uint8)
+
+
+def _with_colorbar(picture: np.ndarray, vmax: float) -> np.ndarray:
+    bar = render.colorbar(min(picture.shape[1], 420), vmax)
+    pad = np.full((bar.shape[0] + 4, picture.shape[1], 3), 255, dtype=np.uint8)
+    pad[4:, : bar.shape[1]] = bar
+    return np.concatenate([picture, pad])
+
+
+def grid(session: Session, iteration, opacity=0.7) -> np.ndarray:
+    """All bases' responsibilities at iteration ``t`` (clipped to 1..T) over the dimmed image,
+    largest share first, with the chosen pixel's top bases framed and a colour bar."""
     trace = session.prediction.trace
-    t = int(np.clip(int(iteration), 1, trace.num_iterations))
-    return render.attention_grid(trace, t, order=session.order, cols=GRID_COLS, tile=GRID_TILE)
+    t = _iteration(session, iteration)
+    vmax = float(render.responsibility_maps(trace, t).max())
+    picture = render.attention_grid(
+        trace,
+        t,
+        image=_dimmed(session),
+        order=session.order,
+        cols=GRID_COLS,
+        tile=GRID_TILE,
+        opacity=number(opacity, "map opacity", 0.0, 1.0),
+        vmax=vmax,
+        highlight=[base for base, _ in pixels.top_bases(session)],
+        marker=_fraction(session),
+    )
+    return _with_colorbar(picture, vmax)
 
 
 def base_at(session: Session, x: int, y: int) -> int | None:
@@ -49,12 +126,31 @@ def base_at(session: Session, x: int, y: int) -> int | None:
     return int(session.order[slot])
 
 
-def single_base(session: Session, base) -> np.ndarray:
-    """Base ``#base`` (clipped to 0..K-1) over the image at every iteration, side by side."""
+def single_base(session: Session, base, opacity=0.7) -> np.ndarray:
+    """Base ``#base`` (clipped to 0..K-1) over the dimmed image at every iteration, side by
+    side, with a colour bar."""
+    trace = session.prediction.trace
     base = int(np.clip(int(base), 0, len(session.order) - 1))
-    return render.base_across_iterations(
-        session.prediction.trace, base, session.prediction.image, max_width=1400
+    vmax = max(float(r[0, base].max()) for r in trace.responsibilities)
+    strip = render.base_across_iterations(
+        trace,
+        base,
+        _dimmed(session),
+        opacity=number(opacity, "map opacity", 0.0, 1.0),
+        vmax=vmax,
+        max_width=1200,
+        marker=_fraction(session),
     )
+    return _with_colorbar(strip, vmax)
+
+
+def projection(session: Session) -> np.ndarray:
+    """The pixels and the bases' paths in the plane of the pixels' two principal components
+    (:func:`emanet.viz.explorer.feature_projection`), the largest bases named."""
+    trace = session.prediction.trace
+    fit = explorer.feature_projection(trace)
+    figure = explorer.projection_figure(fit, labelled=session.order[:NAMED_BASES])
+    return explorer.figure_array(figure)
 
 
 def base_class_heatmap(session: Session, max_bases: int = 32) -> np.ndarray:
@@ -142,3 +238,33 @@ def summary(session: Session, random_weights: bool = False) -> str:
     if random_weights:
         text += " — **random weights: the segmentation is meaningless**"
     return f"{attention_summary(session)}\n\n{text}"
+
+
+def _agreement(first: Session, second: Session) -> str:
+    a, b = first.prediction, second.prediction
+    if list(a.classes) != list(b.classes) or a.labels.shape != b.labels.shape:
+        return "label agreement: not comparable (different classes or sizes)"
+    return f"label agreement **{float((a.labels == b.labels).mean()) * 100:.1f} %** of the pixels"
+
+
+def _run_line(session: Session) -> str:
+    last = {key: values[-1] for key, values in session.measures.items()}
+    return (
+        f"{session.model}, T = {session.prediction.trace.num_iterations}, λ = "
+        f"{session.inverse_temperature:g}: entropy **{last['entropy']:.3f} × ln K**, "
+        f"**{last['active_bases']}** of {len(session.order)} bases in use (≥ 2 % of the "
+        f"pixels), mean largest responsibility {last['max_responsibility']:.3f}, model time "
+        f"{session.seconds * 1000:.0f} ms"
+    )
+
+
+def comparison(first: Session, second: Session) -> str:
+    """What differs between two runs on one image, in numbers."""
+    entropy = second.measures["entropy"][-1] - first.measures["entropy"][-1]
+    active = second.measures["active_bases"][-1] - first.measures["active_bases"][-1]
+    return (
+        f"**A** — {_run_line(first)}\n\n**B** — {_run_line(second)}\n\n"
+        f"**B − A:** {_agreement(first, second)}; entropy {entropy:+.3f} × ln K; "
+        f"{active:+d} bases in use. (A base's number and colour are its index in its own "
+        "model: across two models they name different bases.)"
+    )

@@ -43,8 +43,16 @@ clients), e.g. this checkout's app against another commit's (same venv):
 Both print p50, p95 and the p50 ratio to the first entry through gradio_client and over plain
 HTTP, whose times are not rounded up to the client's 50 ms polling.
 
+``--controls`` times instead every control of the explorer as the page redraws it, in-process
+(the iteration scrubber, the base, a pixel click, the map and overlay opacities, the views drawn
+after a run), then ``/segment`` and ``/pixel`` through gradio_client; vs = the ratio to
+``/segment``'s p50.
+
+``--backends`` times ``/segment`` of the app on the torch and onnxruntime backends (CPU), one
+server each in this process, interleaved.
+
 Usage: python benchmarks/bench_app.py [--requests 10] [--model NAME_OR_PATH] [--variants]
-       [--compare URL [URL ...]]
+       [--controls] [--backends] [--compare URL [URL ...]]
 """
 
 from __future__ import annotations
@@ -126,7 +134,16 @@ class IdealExplorer(Explorer):
         self.answer, self.seconds, self.folder = answer, seconds, folder
 
     def segment(
-        self, image, model, iterations, max_size, opacity, lambda_scale=1.0, uploaded=None
+        self,
+        image,
+        model,
+        iterations,
+        max_size,
+        opacity,
+        lambda_scale=1.0,
+        map_opacity=0.7,
+        uploaded=None,
+        progress=None,
     ) -> tuple:
         time.sleep(self.seconds)
         fresh = []
@@ -263,11 +280,112 @@ def baseline(explorer: Explorer, segmenter, path: str, tmp: str, requests: int) 
     line("ideal endpoint via gradio_client", floor, bare, "  (sleeps the bare time)")
 
 
+class Click:
+    """What Gradio hands a click handler: the pixel clicked and the picture it was on."""
+
+    def __init__(self, x: int, y: int, target: str) -> None:
+        self.index, self.target = [x, y], gr.Image(elem_id=target, render=False)
+
+
+def control_calls(explorer: Explorer, session) -> dict[str, Callable[[], object]]:
+    """One call per control of the explorer, each drawing what the page redraws. Parts maps
+    are drawn anew every time (the session's cache emptied): the first visit of an iteration,
+    the slowest case."""
+    steps = session.prediction.trace.num_iterations
+    width, height = session.prediction.image.size
+    rng = np.random.default_rng(0)
+    state = {"t": 0, "base": 0, "opacity": 0.0}
+
+    def fresh(call):
+        def run():
+            session.parts.clear()
+            return call()
+
+        return run
+
+    def step(key, size):
+        state[key] = (state[key] + 1) % size
+        return state[key]
+
+    return {
+        "iteration scrubbed (parts map, grid)": fresh(
+            lambda: explorer.redraw_iteration(session, step("t", steps) + 1, 0.7)
+        ),
+        "base chosen (base strip)": lambda: explorer.redraw_base(session, step("base", 64), 0.7),
+        "pixel clicked (chart, 4 marked views)": fresh(
+            lambda: explorer.click(
+                session,
+                steps,
+                0,
+                0.5,
+                0.7,
+                Click(int(rng.integers(width)), int(rng.integers(height)), "overlay"),
+            )
+        ),
+        "map opacity (parts, grid, strip)": fresh(
+            lambda: explorer.redraw_maps(session, steps, 0, 0.3 + 0.1 * step("opacity", 5))
+        ),
+        "overlay opacity (segmentation)": lambda: explorer.redraw_overlay(session, 0.4),
+        "after a run (grid, strip, PCA, ...)": lambda: explorer.details(session, 0.7),
+    }
+
+
+def controls_report(explorer: Explorer, path: str, tmp: str, requests: int) -> None:
+    """The explorer's controls in-process, and /segment and /pixel through gradio_client."""
+    payload = {"path": path, "meta": {"_type": "gradio.FileData"}}
+    session = explorer.segment(payload, BUNDLED, *DEFAULTS.values())[-1]
+    times = {
+        name: wall_times(call, requests, warmup=1)
+        for name, call in control_calls(explorer, session).items()
+    }
+    demo = build_demo(explorer=explorer, examples_dir=tmp)
+    url = serve(demo)
+    try:
+        client = Client(url, verbose=False)
+        times["/segment via gradio_client"] = wall_times(
+            lambda: client.predict(handle_file(path), api_name="/segment"), requests, warmup=1
+        )
+        rng = np.random.default_rng(1)
+        times["/pixel via gradio_client"] = wall_times(
+            lambda: client.predict(
+                int(rng.integers(1024)), int(rng.integers(512)), api_name="/pixel"
+            ),
+            requests,
+            warmup=1,
+        )
+    finally:
+        demo.close()
+    print(f"explorer controls, 1024x512 image, {requests} calls each (target: p50 <= 300 ms)")
+    reference = times["/segment via gradio_client"]
+    for name, values in times.items():
+        line(name, values, reference)
+
+
+def backends_report(model: str | None, path: str, tmp: str, requests: int) -> None:
+    """``/segment`` of the app on each backend (the CPU), interleaved, one server each."""
+    demos = {}
+    for backend in ("torch", "onnxruntime"):
+        segmenter = Segmenter.from_pretrained(model, device="cpu", backend=backend)
+        segmenter(path, trace=True, num_iterations=DEFAULTS["iterations"])  # the export, once
+        explorer = Explorer(lambda name, s=segmenter: s, preload=True)
+        demos[backend] = build_demo(explorer=explorer, examples_dir=tmp)
+    try:
+        apps = {name: (serve(demo), contextlib.nullcontext) for name, demo in demos.items()}
+        side_by_side(apps, path, requests)
+    finally:
+        for demo in demos.values():
+            demo.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--model")
     parser.add_argument("--variants", action="store_true", help="the speed tricks side by side")
+    parser.add_argument("--controls", action="store_true", help="the explorer's controls")
+    parser.add_argument(
+        "--backends", action="store_true", help="/segment on torch and onnxruntime side by side"
+    )
     parser.add_argument("--compare", nargs="+", metavar="URL", help="apps serving at URLs")
     args = parser.parse_args()
     image, _, _ = render_scene(512, 1024, np.random.default_rng(2024))
@@ -279,8 +397,14 @@ def main() -> None:
                 {url: (url, contextlib.nullcontext) for url in args.compare}, path, args.requests
             )
             return
+        if args.backends:
+            backends_report(args.model, path, tmp, args.requests)
+            return
         segmenter = Segmenter.from_pretrained(args.model)
         explorer = Explorer(lambda name: segmenter, preload=True)
+        if args.controls:
+            controls_report(explorer, path, tmp, args.requests)
+            return
         if not args.variants:
             baseline(explorer, segmenter, path, tmp, args.requests)
             return

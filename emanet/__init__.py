@@ -1,4 +1,4 @@
-"""emanet: Expectation-Maximization Attention Networks (Li et al., ICCV 2019) for Cityscapes.
+"""emanet: Expectation-Maximization Attention Networks (Li et al., ICCV 2019), for segmentation.
 
 The public API, re-exported here::
 
@@ -9,6 +9,7 @@ The public API, re-exported here::
     load_backbone                        ImageNet-pretrained backbones (open-mmlab://...)
     read_checkpoint, Checkpoint          a checkpoint file read once, its layout recognised
     Segmenter, Prediction                any image in, labels (+ EM trace) out
+    save_trace, load_trace               one run's EM trace as an .npz file, and back
     IoUMetric                            mIoU as the official Cityscapes evaluation counts it
     export_onnx, ExportError             ONNX export (EM unrolled; needs the 'export' extra)
     model_cost, count_flops              parameters and FLOPs, EM unit apart
@@ -28,6 +29,7 @@ from emanet.io.checkpoint import (
 )
 from emanet.io.images import ImageLoadError, load_image
 from emanet.io.pretrained import BackboneReport, load_backbone
+from emanet.io.trace import TraceFile, load_trace, save_trace
 from emanet.models.ema import EMAttention, EMTrace, em_attention
 from emanet.models.presets import PRESETS, ModelPreset, get_preset
 from emanet.models.segmentor import EMANet, build_model
@@ -51,6 +53,7 @@ __all__ = [
     "ModelPreset",
     "Prediction",
     "Segmenter",
+    "TraceFile",
     "build_model",
     "count_flops",
     "em_attention",
@@ -59,8 +62,10 @@ __all__ = [
     "load_backbone",
     "load_checkpoint",
     "load_image",
+    "load_trace",
     "model_cost",
     "optimize_for_inference",
     "read_checkpoint",
     "save_checkpoint",
+    "save_trace",
 ]

@@ -12,7 +12,9 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
+from emanet.runtime.backends import add_backend_arguments
 from emanet.runtime.device import add_runtime_arguments, check_runtime, is_out_of_memory
 from emanet.runtime.errors import UserError
 from emanet.runtime.logs import configure_logging
@@ -42,6 +44,7 @@ def _add_model_options(p) -> None:
     p.add_argument("--aug-test", action="store_true", help="multi-scale + flip")
     p.add_argument("--mode", choices=("whole", "slide"))
     add_runtime_arguments(p)
+    add_backend_arguments(p)
 
 
 def _segmenter(args):
@@ -54,6 +57,8 @@ def _segmenter(args):
         precision=args.precision,
         compile=args.compile,
         test_scale=args.scale,
+        backend=args.backend,
+        calibration=args.calibration,
     )
 
 
@@ -62,7 +67,12 @@ def _add_predict(sub) -> None:
     p.add_argument(
         "images", nargs="+", help="image files, folders (recursive) or quoted globs ('a/**/*.jpg')"
     )
-    p.add_argument("--out", required=True, help="output folder (mirrors the input folders)")
+    p.add_argument("--out", help="output folder (mirrors the input folders)")
+    p.add_argument(
+        "--trace",
+        metavar="OUT.npz",
+        help="write one image's EM trace (emanet.load_trace reads it back); --out optional",
+    )
     _add_model_options(p)
     p.add_argument("--opacity", type=float, default=0.5)
     p.add_argument(
@@ -71,35 +81,71 @@ def _add_predict(sub) -> None:
     p.set_defaults(func=_predict)
 
 
-def _predict(args) -> int:
-    from emanet.deploy.batch import find_images, predict_images
+def _group_device(args) -> str | None:
+    """The device a torchrun process takes: onnxruntime runs on the CPU whatever GPUs exist."""
+    return "cpu" if getattr(args, "backend", None) == "onnxruntime" else args.device
 
+
+def _predict_trace(args) -> None:
+    """``--trace OUT.npz``: one image segmented with its EM trace, written for later study."""
+    from emanet.io.trace import save_trace
+
+    if len(args.images) != 1 or not Path(args.images[0]).is_file():
+        raise UsageError("emanet predict: --trace takes exactly one image file")
+    segmenter = _segmenter(args)
+    prediction = segmenter(
+        args.images[0],
+        trace=True,
+        num_iterations=args.iterations,
+        aug_test=args.aug_test,
+        mode=args.mode,
+    )
+    lam = segmenter.model.em_unit.inverse_temperature
+    name = args.model or "bundled"
+    p = prediction
+    save_trace(args.trace, p.trace, p.labels, p.image, p.classes, name, lam)
+    log.info("wrote %s (%d EM iterations)", args.trace, p.trace.num_iterations)
+
+
+def _predict(args) -> int:
+    from emanet.deploy.batch import find_images, predict_images, torchrun_group
+
+    if args.out is None and args.trace is None:
+        raise UsageError("emanet predict: give --out FOLDER, --trace OUT.npz or both")
+    if args.trace is not None:
+        _predict_trace(args)
+        if args.out is None:
+            return 0
     try:
         jobs = find_images(args.images)
     except FileNotFoundError as error:
         raise UsageError(f"emanet predict: {error}") from None
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"emanet predict: --batch-size must be >= 1, got {args.batch_size}")
-    summary = predict_images(
-        _segmenter(args),
-        jobs,
-        args.out,
-        batch_size=args.batch_size,
-        num_iterations=args.iterations,
-        aug_test=args.aug_test,
-        mode=args.mode,
-        opacity=args.opacity,
-    )
+    with torchrun_group(_group_device(args)) as (rank, world, args.device):  # images shared out
+        summary = predict_images(
+            _segmenter(args),
+            jobs,
+            args.out,
+            batch_size=args.batch_size,
+            num_iterations=args.iterations,
+            aug_test=args.aug_test,
+            mode=args.mode,
+            opacity=args.opacity,
+            rank=rank,
+            world=world,
+        )
     return 1 if summary.skipped else 0
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="mIoU (and iIoU) on a Cityscapes-layout dataset")
-    p.add_argument("--data", required=True, help="dataset root (leftImg8bit/, gtFine/)")
+    p = sub.add_parser("eval", help="mIoU (and Cityscapes' iIoU) on a dataset (any layout)")
+    p.add_argument("--data", required=True, help="dataset root (see `emanet data check`)")
+    _add_format_option(p)
     p.add_argument("--split", default="val")
     _add_model_options(p)
     p.add_argument("--max-images", type=int)
-    p.add_argument("--save-pred", help="folder for trainId PNGs")
+    p.add_argument("--save-pred", help="folder for class-id PNGs")
     p.add_argument("--cityscapes-format", help="folder for labelId PNGs (official scripts)")
     p.add_argument("--out", help="JSON file for the metrics (with the confusion matrix)")
     p.add_argument("--plots", help="folder for confusion.png and per_class_iou.png")
@@ -107,21 +153,21 @@ def _add_eval(sub) -> None:
 
 
 def _eval(args) -> int:
-    from emanet.data.cityscapes import CityscapesDataset
+    from emanet.data.formats import open_dataset
+    from emanet.deploy.batch import torchrun_group
     from emanet.evaluation.evaluate import evaluate_segmenter
     from emanet.io.atomic import atomic_write_text
 
-    segmenter = _segmenter(args)
-    report = evaluate_segmenter(
-        segmenter,
-        CityscapesDataset(args.data, args.split),
-        mode=args.mode,
-        aug_test=args.aug_test,
-        num_iterations=args.iterations,
-        max_images=args.max_images,
-        save_pred=args.save_pred,
-        cityscapes_format=args.cityscapes_format,
-    )
+    dataset = open_dataset(args.data, args.split, args.data_format)
+    with torchrun_group(_group_device(args)) as (rank, world, args.device):  # images shared out
+        segmenter = _segmenter(args)
+        report = evaluate_segmenter(
+            segmenter, dataset, mode=args.mode, aug_test=args.aug_test,
+            num_iterations=args.iterations, max_images=args.max_images, save_pred=args.save_pred,
+            cityscapes_format=args.cityscapes_format, rank=rank, world_size=world,
+        )  # fmt: skip
+    if rank != 0:  # one summary: rank 0's
+        return 0
     print(report["table"])
     metrics = report["metrics"]
     if args.out:
@@ -186,13 +232,22 @@ def _add_data(sub) -> None:
     data_sub = p.add_subparsers(dest="data_command", required=True)
     check = data_sub.add_parser("check", help="report split sizes and problems of a dataset")
     check.add_argument("root")
+    _add_format_option(check)
     check.set_defaults(func=_data_check)
 
 
-def _data_check(args) -> int:
-    from emanet.data.cityscapes import check_dataset
+def _add_format_option(p) -> None:
+    p.add_argument(
+        "--format",
+        dest="data_format",
+        help="dataset layout: cityscapes, voc, ade20k or folder (default: detected)",
+    )
 
-    report = check_dataset(args.root)
+
+def _data_check(args) -> int:
+    from emanet.data.formats import check_dataset
+
+    report = check_dataset(args.root, args.data_format)
     print(report.format())
     return 0 if report.ok else 1
 
@@ -209,13 +264,16 @@ def _add_models(sub) -> None:
 
 
 def _models(args) -> int:
+    from emanet.io.hub import BUNDLED_DIR
     from emanet.models.presets import PRESETS, get_preset
 
     presets = [get_preset(name) for name in args.names] if args.names else list(PRESETS.values())
     for preset in presets:
+        bundled = (BUNDLED_DIR / f"{preset.name}.pth").is_file()
+        weights = preset.url or ("(bundled)" if bundled else "(no checkpoint: a recipe to train)")
         print(
             f"{preset.name:42s} crop {preset.crop_size[0]}x{preset.crop_size[1]:<5d} "
-            f"{preset.test_mode:5s} {preset.url or '(bundled)'}"
+            f"{preset.test_mode:5s} {weights}"
         )
     if args.flops:
         from emanet.deploy.flops import format_costs, model_cost
@@ -312,7 +370,7 @@ def _check_runtime_options(args) -> None:
     if device is None and precision is None:
         return
     try:
-        check_runtime(device, precision)
+        check_runtime(device, precision, getattr(args, "backend", None))
     except ValueError as error:
         raise UsageError(str(error)) from None
 

@@ -16,8 +16,25 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.browser import CHROMIUM
+
 # Two cores: keep intra-op threads from oversubscribing when tests spawn processes.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium driven by Playwright, one per test module; no network or background
+    services."""
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "CI must have Debian's chromium: .ci/run installs it"
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    args += ["--disable-component-update", "--disable-sync", "--no-first-run"]
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        yield launched
+        launched.close()
 
 
 @pytest.fixture(autouse=True)

@@ -58,6 +58,31 @@ def test_predict_writes_masks_and_overlays(checkpoint, tmp_path):
     assert (mask == np.asarray(PALETTE, dtype=np.uint8)[labels]).all()
 
 
+def test_predict_trace_writes_a_trace_that_loads_back(checkpoint, tmp_path, caplog):
+    from emanet import Segmenter, load_trace
+
+    image = tmp_path / "scene.png"
+    pixels = np.random.default_rng(5).integers(0, 255, (40, 72, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(image)
+    out = tmp_path / "run.npz"
+    args = ["predict", str(image), "--model", str(checkpoint), "--trace", str(out)]
+    assert main([*args, "--iterations", "4"]) == 0
+    run = load_trace(out)
+    direct = Segmenter.from_pretrained(str(checkpoint), device="cpu")(
+        str(image), trace=True, num_iterations=4
+    )
+    assert run.num_iterations == 4 and run.classes == list(CLASSES)
+    np.testing.assert_array_equal(run.labels, direct.labels)
+    np.testing.assert_array_equal(run.image, pixels)
+    for mine, theirs in zip(run.trace.responsibilities, direct.trace.responsibilities, strict=True):
+        torch.testing.assert_close(mine, theirs)
+    # one image only; and something to write
+    assert main(["predict", str(tmp_path), "--model", str(checkpoint), "--trace", str(out)]) == 2
+    assert "--trace takes exactly one image file" in caplog.text
+    assert main(["predict", str(image), "--model", str(checkpoint)]) == 2
+    assert "give --out FOLDER, --trace OUT.npz or both" in caplog.text
+
+
 def test_predict_bad_file_reports_and_fails(checkpoint, tmp_path, caplog):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"")

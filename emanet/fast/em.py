@@ -63,6 +63,8 @@ def fast_em_attention(
     feats = x.flatten(2)  # (B, C, N): contiguous, or the transpose of a contiguous (B, N, C)
     if centered_cosine:
         feats = F.normalize(feats - feats.mean(dim=2, keepdim=True), dim=1)
+    if trace is not None:
+        trace.record_features(feats, (height, width))
     split = feats.dtype == torch.float32 and uses_tf32(feats)
     bases, resp = _iterate(
         feats,

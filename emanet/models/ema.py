@@ -54,11 +54,15 @@ class EMTrace:
             assignment of each pixel to each base (sums to 1 over ``K``).
         bases: ``(B, C, K)`` per iteration: the M-step's unit-norm bases.
         initial_bases: ``(B, C, K)``: the bases the iterations started from.
+        features: ``(B, C, H, W)``: the pixels as the E-step compares them with the bases
+            (centred and unit-length with ``centered_cosine``), so that the M-step's bases
+            and the pixels they average can be drawn in one space.
     """
 
     responsibilities: list[torch.Tensor] = field(default_factory=list)
     bases: list[torch.Tensor] = field(default_factory=list)
     initial_bases: torch.Tensor | None = None
+    features: torch.Tensor | None = None
 
     @property
     def num_iterations(self) -> int:
@@ -70,6 +74,10 @@ class EMTrace:
         maps = resp.transpose(1, 2).reshape(batch, num_bases, *size)
         self.responsibilities.append(maps.clone())
         self.bases.append(bases.clone())
+
+    def record_features(self, pixels: torch.Tensor, size: tuple[int, int]) -> None:
+        """Keep the pixels ``(B, C, N)`` the iterations compare with the bases."""
+        self.features = pixels.reshape(*pixels.shape[:2], *size).clone()
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,6 +122,8 @@ def em_attention(
     pixels = x.flatten(2)  # X: (B, C, N)
     if centered_cosine:
         pixels = F.normalize(pixels - pixels.mean(dim=2, keepdim=True), dim=1)
+    if trace is not None:
+        trace.record_features(pixels, (height, width))
     for _ in range(num_iterations):
         # E-step: Z = softmax over the K bases of lambda * X^T mu, (B, N, K).
         resp = torch.softmax(inverse_temperature * (pixels.transpose(1, 2) @ bases), dim=2)

@@ -30,6 +30,8 @@ __all__ = [
     "attention_grid",
     "attention_grid_slot",
     "base_across_iterations",
+    "colorbar",
+    "colorize",
     "convergence",
     "base_class_matrix",
     "base_class_image",
@@ -81,7 +83,7 @@ def base_order(responsibilities) -> np.ndarray:
     return np.argsort(-base_shares(responsibilities), kind="stable")
 
 
-def _colorize(values: np.ndarray, lut: np.ndarray = _VIRIDIS) -> np.ndarray:
+def colorize(values: np.ndarray, lut: np.ndarray = _VIRIDIS) -> np.ndarray:
     """``(...)`` values in [0, 1] -> ``(..., 3)`` uint8 colours."""
     return lut[np.clip(values * 255.0 + 0.5, 0, 255).astype(np.uint8)]
 
@@ -192,7 +194,7 @@ def _tiles(maps: np.ndarray, size: tuple[int, int], vmax: float | None) -> np.nd
     ys = np.arange(size[0]) * h // size[0]
     xs = np.arange(size[1]) * w // size[1]
     # Colour at the feature resolution, then repeat the colours: the same pixels, less work.
-    return _colorize(maps / _vmax(maps, vmax)).take(ys, axis=1).take(xs, axis=2)
+    return colorize(maps / _vmax(maps, vmax)).take(ys, axis=1).take(xs, axis=2)
 
 
 def attention_grid(
@@ -206,6 +208,8 @@ def attention_grid(
     opacity: float = 0.7,
     vmax: float | None = None,
     sample: int = 0,
+    highlight: Sequence[int] = (),
+    marker: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Responsibility map of every base at one iteration, as one ``(H, W, 3)`` uint8 grid.
 
@@ -221,6 +225,9 @@ def attention_grid(
         vmax: the responsibility drawn brightest; default: the largest in the shown maps. One
             scale for all tiles, so tiles compare; not 1, because undecided pixels (e.g. early
             iterations, or an untrained model: ~1/K everywhere) would all be black.
+        highlight: bases whose tiles get a red frame (e.g. a chosen pixel's top bases).
+        marker: ``(x, y)`` as fractions of the image's width and height: a dot on every tile
+            (e.g. the chosen pixel).
 
     Tiles are ``rows x cols`` with :data:`_GAP` white pixels around each, so the result is
     ``(rows * (tile_h + 2) + 2, cols * (tile_w + 2) + 2, 3)``. Each map is coloured with
@@ -241,10 +248,42 @@ def attention_grid(
     labels = []
     for slot, (base, picture) in enumerate(zip(order, tiles, strict=True)):
         x, y = _tile_corner(slot, cols, tile_h, tile_w)
-        grid[y : y + tile_h, x : x + tile_w] = picture
+        grid[y : y + tile_h, x : x + tile_w] = _mark(picture, marker)
+        if base in highlight:
+            _frame(grid, x, y, tile_h, tile_w)
         labels.append(((x + 1, y), f"#{base} {shares[base] * 100:.1f}%"))
     _draw_labels(grid, labels)
     return grid
+
+
+def _mark(tile: np.ndarray, marker: tuple[float, float] | None) -> np.ndarray:
+    """``tile`` with a small white-on-black dot at ``marker`` (fractions of its size)."""
+    if marker is None:
+        return tile
+    tile = tile.copy()
+    cy, cx = int(marker[1] * tile.shape[0]), int(marker[0] * tile.shape[1])
+    tile[max(cy - 3, 0) : cy + 4, max(cx - 3, 0) : cx + 4] = 0
+    tile[max(cy - 1, 0) : cy + 2, max(cx - 1, 0) : cx + 2] = 255
+    return tile
+
+
+def _frame(grid: np.ndarray, x: int, y: int, tile_h: int, tile_w: int) -> None:
+    """A 2-pixel red frame over the border of the tile at ``(x, y)``."""
+    red = np.array([230, 30, 30], dtype=np.uint8)
+    grid[y : y + 2, x : x + tile_w] = red
+    grid[y + tile_h - 2 : y + tile_h, x : x + tile_w] = red
+    grid[y : y + tile_h, x : x + 2] = red
+    grid[y : y + tile_h, x + tile_w - 2 : x + tile_w] = red
+
+
+def colorbar(width: int, vmax: float, label: str = "responsibility") -> np.ndarray:
+    """``(20, width, 3)`` uint8: the viridis scale of the maps from 0 (left) to ``vmax``
+    (right), labelled, to put under a grid or a strip."""
+    ramp = colorize(np.linspace(0.0, 1.0, max(width, 2)))
+    bar = np.repeat(ramp[None], 20, axis=0)
+    right = f"{vmax:.2f}"
+    _draw_labels(bar, [((3, 4), "0"), ((width // 2 - 40, 4), label), ((width - 34, 4), right)])
+    return bar
 
 
 def attention_grid_slot(
@@ -272,6 +311,7 @@ def base_across_iterations(
     vmax: float | None = None,
     sample: int = 0,
     max_width: int = 2048,
+    marker: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """One base's responsibility over the image at every iteration, side by side.
 
@@ -283,6 +323,7 @@ def base_across_iterations(
         vmax: the responsibility drawn brightest (default: this base's maximum over all
             iterations, one scale for all panels so that they compare).
         max_width: the whole strip is scaled down to at most this width.
+        marker: ``(x, y)`` as fractions of the image's size: a dot on every panel.
 
     Returns:
         ``(H', T * W' + (T - 1) * 4, 3)`` uint8: panels labelled ``base #b, t=1..T``, separated
@@ -295,7 +336,7 @@ def base_across_iterations(
     picture = _picture(image)
     steps = trace.num_iterations
     height, width = picture.shape[:2]
-    scale = min(1.0, max_width / (steps * width))
+    scale = min(1.0, (max_width - 4 * (steps - 1)) / (steps * width))  # 4: the separators
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     under = _resize(picture, size)
     maps = [responsibility_maps(trace, t, sample)[base] for t in range(1, steps + 1)]
@@ -303,8 +344,8 @@ def base_across_iterations(
     separator = np.full((size[0], 4, 3), 255, dtype=np.uint8)
     panels = []
     for resp in maps:
-        heat = _colorize(np.clip(_resize(resp, size) / brightest, 0, 1))
-        panels += [_blend(under, heat, opacity), separator]
+        heat = colorize(np.clip(_resize(resp, size) / brightest, 0, 1))
+        panels += [_mark(_blend(under, heat, opacity), marker), separator]
     strip = np.concatenate(panels[:-1], axis=1)
     _draw_labels(
         strip, [((t * (size[1] + 4) + 3, 2), f"base #{base}, t={t + 1}") for t in range(steps)]
@@ -391,7 +432,7 @@ def base_class_image(
     order = order[:max_bases]
     shown = matrix[order]
     present = [c for c in range(len(classes)) if shown[:, c].max(initial=0) >= min_share] or [0]
-    heat = _colorize(shown[:, present], _MAGMA).repeat(cell, 0).repeat(cell, 1)
+    heat = colorize(shown[:, present], _MAGMA).repeat(cell, 0).repeat(cell, 1)
     font = ImageFont.load_default()
     left, top = 40, max(font.getbbox(classes[c])[2] for c in present) + 8
     canvas = Image.new("RGB", (left + heat.shape[1] + 4, top + heat.shape[0] + 4), "white")

@@ -1,6 +1,6 @@
 """The app end to end: launched on 127.0.0.1, driven with gradio_client (slow: each module
-starts a server). A real browser drives it in test_browser.py; its handlers in-process are
-tested in test_handlers.py."""
+starts a server), as a script uses its API (/segment, /pixel, /export). A real browser drives it
+in test_browser.py; its handlers in-process are tested in test_handlers.py."""
 
 import os
 import re
@@ -17,7 +17,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from gradio_client import Client, handle_file  # noqa: E402
 
-from emanet import build_model  # noqa: E402
+from emanet import build_model, load_trace  # noqa: E402
 from emanet.app.examples import toycity_examples  # noqa: E402
 from emanet.app.handlers import Explorer  # noqa: E402
 from emanet.app.session import BUNDLED, DEFAULTS, MAX_SIZE, MIN_SIZE, UPLOADED  # noqa: E402
@@ -26,6 +26,7 @@ from emanet.app.views import CONVERGENCE_MEASURES  # noqa: E402
 from emanet.data import CLASSES, PALETTE  # noqa: E402
 from emanet.models.attention import measure_attention  # noqa: E402
 from emanet.predict import Segmenter  # noqa: E402
+from emanet.viz.explorer import parts_map, pixel_responsibilities  # noqa: E402
 
 pytestmark = [
     # Gradio's queue uses pandas options that pandas 3 deprecates: not ours to fix.
@@ -34,10 +35,24 @@ pytestmark = [
 ]
 
 
+class CountingSegmenter(Segmenter):
+    """A segmenter that counts the images it is asked to segment."""
+
+    runs = 0
+
+    def __call__(self, image, *args, **kwargs):
+        self.runs += 1
+        return super().__call__(image, *args, **kwargs)
+
+
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def segmenter():
     torch.manual_seed(0)
-    segmenter = Segmenter(build_model("emanet_r18-d8_toycity"), device="cpu")
+    return CountingSegmenter(build_model("emanet_r18-d8_toycity"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def demo(segmenter, tmp_path_factory):
     return build_demo(
         segmenter_factory=lambda name: segmenter,
         examples_dir=tmp_path_factory.mktemp("examples"),
@@ -103,7 +118,10 @@ def segment(client, path, **kw):
 
 def test_api_documented_and_page_served(server, client):
     api = client.view_api(return_format="dict", print_info=False)
-    params = api["named_endpoints"]["/segment"]["parameters"]
+    endpoints = api["named_endpoints"]
+    # UI-only events are not part of the API
+    assert sorted(endpoints) == ["/export", "/pixel", "/segment"]
+    params = endpoints["/segment"]["parameters"]
     assert [p["parameter_name"] for p in params] == [
         "image",
         "model",
@@ -111,26 +129,46 @@ def test_api_documented_and_page_served(server, client):
         "max_size",
         "opacity",
         "lambda_scale",
+        "map_opacity",
     ]
     assert not params[0]["parameter_has_default"]
     defaults = {p["parameter_name"]: p["parameter_default"] for p in params[1:]}
     assert defaults == {"model": BUNDLED, **DEFAULTS}
     assert defaults["lambda_scale"] == 1  # the default view is the model's own attention
-    assert len(api["named_endpoints"]["/segment"]["returns"]) == 6
-    # UI-only events are not part of the API
-    assert list(api["named_endpoints"]) == ["/segment"]
+    assert defaults["map_opacity"] == 0.7
+    assert len(endpoints["/segment"]["returns"]) == 6
+    params = endpoints["/pixel"]["parameters"]
+    assert [p["parameter_name"] for p in params] == [
+        "x",
+        "y",
+        "image",
+        "model",
+        "iterations",
+        "max_size",
+        "lambda_scale",
+    ]
+    assert [p["parameter_has_default"] for p in params[:3]] == [False, False, True]
+    assert len(endpoints["/pixel"]["returns"]) == 2
+    assert endpoints["/export"]["parameters"] == [] and len(endpoints["/export"]["returns"]) == 1
     with urllib.request.urlopen(server) as response:
         assert response.status == 200 and b"<html" in response.read(2000).lower()
 
 
-def test_segment_returns_lossless_overlay_grid_curves_table_and_legend(client, files):
-    overlay, grid, curves, table, legend, info = segment(client, files["photo.png"], iterations=4)
+def test_segment_returns_lossless_overlay_parts_curves_table_and_legend(client, files):
+    # today's scripts keep working: the inputs before map_opacity, by position
+    photo = handle_file(str(files["photo.png"]))
+    outputs = client.predict(photo, BUNDLED, 4, 1024, 0.5, 1.0, api_name="/segment")
+    overlay, parts, curves, table, legend, info = outputs
     with Image.open(overlay) as im:
         assert im.format == "PNG" and im.size == (160, 96)
-    with Image.open(grid) as im:
-        assert im.format == "PNG"
-        # 64 bases, 8 per row: 8 rows of 72-pixel tiles
-        assert im.size[1] == 8 * (72 + 2) + 2
+    # the parts map of the last iteration, as the package draws it from the run's trace
+    # (exported from the same client's session)
+    saved = load_trace(client.predict(api_name="/export"))
+    assert saved.num_iterations == 4
+    with Image.open(parts) as im:
+        assert im.format == "PNG" and im.size == (1024, 614)  # shown 1024 pixels wide
+        expected = parts_map(saved.trace, 4, saved.image, DEFAULTS["map_opacity"], (614, 1024))
+        np.testing.assert_array_equal(np.asarray(im), expected)
     assert table["headers"] == ["class", "area (%)"]
     present = [row[0] for row in table["data"]]
     assert set(present) <= set(CLASSES) and present
@@ -156,6 +194,11 @@ def test_segment_returns_lossless_overlay_grid_curves_table_and_legend(client, f
     # the summary states the measured attention of the last iteration and the lambda used
     assert f"entropy **{_curve(curves, 'entropy', 4):.3f} × ln K**" in info
     assert "λ = 50, the model's own" in info and "what-if" not in info
+    # a map opacity of 1: the parts map alone
+    parts = segment(client, files["photo.png"], iterations=4, map_opacity=1.0)[1]
+    expected = parts_map(saved.trace, 4, saved.image, 1.0, (614, 1024))
+    with Image.open(parts) as im:
+        np.testing.assert_array_equal(np.asarray(im), expected)
 
 
 def _curve(curves, key, iteration):
@@ -246,6 +289,69 @@ def test_eight_concurrent_clients_all_answered(server, files):
     assert all(Image.open(path).size == (160, 96) for path in results)
     # still serving
     assert segment(Client(server, verbose=False), files["one.png"])[0]
+
+
+def test_pixel_after_segment_reads_the_clients_own_run(server, client, files):
+    segment(client, files["photo.png"], iterations=3, max_size=128)
+    answered, chart = client.predict(100, 50, api_name="/pixel")
+    values = np.asarray(answered["responsibilities"])
+    assert answered["iterations"] == 3 and values.shape == (3, 64)
+    np.testing.assert_allclose(values.sum(axis=1), 1.0, atol=1e-5)
+    # (100, 50) of the 160x96 upload is pixel (80, 40) of the 128x77 image the model saw; the
+    # answer names the upload's pixel at the centre of that one
+    saved = load_trace(client.predict(api_name="/export"))
+    assert saved.image.shape == (77, 128, 3)
+    expected = pixel_responsibilities(saved.trace, 80, 40, (128, 77))
+    np.testing.assert_allclose(values, expected, atol=1e-6)
+    assert (answered["x"], answered["y"]) == (100, 50)
+    assert answered["class"] == saved.classes[saved.labels[40, 80]]
+    top = [entry["base"] for entry in answered["top_bases"]]
+    assert top == np.argsort(-expected[-1], kind="stable")[:3].tolist()
+    assert chart.count("data-value=") == 3 * 64
+
+
+def test_pixel_without_a_run_needs_the_image_and_runs_it_once(server, client, segmenter, files):
+    fresh = Client(server, verbose=False)  # a session of its own: no run yet
+    with pytest.raises(Exception, match=r"Segment an image first \(or give the image to /pixel\)"):
+        fresh.predict(100, 50, api_name="/pixel")
+    with pytest.raises(Exception, match="Segment an image first: there is nothing to export"):
+        fresh.predict(api_name="/export")
+    before = segmenter.runs
+    photo = handle_file(str(files["photo.png"]))
+    answered = fresh.predict(100, 50, photo, max_size=128, api_name="/pixel")[0]
+    assert segmenter.runs == before + 1
+    # the same answer as after a /segment of the same image and controls
+    segment(client, files["photo.png"], iterations=3, max_size=128)
+    assert client.predict(100, 50, api_name="/pixel")[0] == answered
+    # the same file again is known by its bytes: no new run; another file runs
+    before = segmenter.runs
+    assert fresh.predict(0, 0, photo, max_size=128, api_name="/pixel")[0]["x"] == 0
+    assert segmenter.runs == before
+    other = fresh.predict(0, 0, handle_file(str(files["grey.png"])), api_name="/pixel")[0]
+    assert segmenter.runs == before + 1 and (other["x"], other["y"]) == (0, 0)
+    with pytest.raises(Exception, match=r"y must be in 0..95, got 96"):
+        fresh.predict(0, 96, api_name="/pixel")
+
+
+def test_export_is_the_runs_trace_read_back_with_one_call(client, files):
+    segment(client, files["photo.png"], iterations=2, lambda_scale=2)
+    path = client.predict(api_name="/export")
+    assert path.endswith("photo-trace.npz")
+    saved = load_trace(path)
+    assert saved.num_iterations == 2 and saved.model == BUNDLED
+    assert saved.inverse_temperature == pytest.approx(100.0)  # 2x the model's own 50
+    with np.load(path) as arrays:
+        shapes = {key: arrays[key].shape for key in arrays.files}
+        responsibilities = arrays["responsibilities"]
+    # the model saw the 160x96 photo as 427x256: an 8x smaller feature map of C channels
+    (h, w), channels = (32, 54), shapes["features"][0]
+    assert shapes["responsibilities"] == (2, 64, h, w) and shapes["features"] == (channels, h, w)
+    assert shapes["bases"] == (2, channels, 64) and shapes["initial_bases"] == (channels, 64)
+    assert shapes["labels"] == (96, 160) and shapes["image"] == (96, 160, 3)
+    np.testing.assert_allclose(responsibilities.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(saved.image, np.asarray(Image.open(files["photo.png"])))
+    assert set(np.unique(saved.labels)) <= set(range(len(CLASSES)))
+    assert saved.classes == list(CLASSES)
 
 
 @pytest.fixture(scope="module")

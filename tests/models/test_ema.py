@@ -324,3 +324,28 @@ def test_plain_function_reads_like_the_paper():
     torch.testing.assert_close(mu, expected_mu, rtol=1e-10, atol=1e-12)
     assert trace.num_iterations == 4
     torch.testing.assert_close(trace.responsibilities[-1], z.transpose(1, 2).reshape(2, 8, 5, 7))
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_trace_keeps_the_pixels_as_the_e_step_compares_them(centered):
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 5, 7)
+    traces = []
+    for fast in (False, True):
+        unit = EMAttention(16, num_bases=8, centered_cosine=centered, fast=fast).eval()
+        unit.bases.copy_(EMAttention(16, num_bases=8).bases)
+        traces.append(EMTrace())
+        unit(x, num_iterations=2, trace=traces[-1])
+    plain, fast = traces
+    assert plain.features.shape == (2, 16, 5, 7)
+    torch.testing.assert_close(fast.features, plain.features, rtol=0, atol=0)
+    flat = x.flatten(2)
+    if centered:
+        flat = torch.nn.functional.normalize(flat - flat.mean(dim=2, keepdim=True), dim=1)
+    torch.testing.assert_close(plain.features, flat.view_as(x))
+    # channels_last input: the same pixels
+    cl = EMTrace()
+    EMAttention(16, num_bases=8, centered_cosine=centered).eval()(
+        x.contiguous(memory_format=torch.channels_last), trace=cl
+    )
+    torch.testing.assert_close(cl.features, plain.features)
