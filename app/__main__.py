@@ -19,7 +19,6 @@ from emanet.runtime.logs import configure_logging
 
 from . import build_demo  # importing the package switches Gradio's analytics off first
 from .handlers import Explorer
-from .session import default_backend
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +32,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         help="default model: a zoo name or a .pth file (default: the bundled toy-city model)",
     )
     add_runtime_arguments(parser, compile=False)
-    add_backend_arguments(
-        parser, default=None, default_text="onnxruntime on a CPU where it is installed, else torch"
-    )
+    add_backend_arguments(parser)
     parser.add_argument("--share", action="store_true", help="also open a public share link")
     parser.add_argument(
         "--max-file-size",
@@ -55,11 +52,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m app") -> None:
     configure_logging()
     try:
         device, _ = check_runtime(args.device, args.precision, args.backend)
-        backend = args.backend or default_backend(device)
-        check_runtime(str(device), args.precision, backend)
     except ValueError as error:
         parser.error(str(error))
-    log.info("running the networks with %s on %s", backend, device)
+    log.info("running the networks with %s on %s", args.backend, device)
     try:
         # preload: a model that cannot be loaded (offline download, bad file) stops us here
         # with its message instead of failing every request.
@@ -68,7 +63,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m app") -> None:
             preload=True,
             device=str(device),
             precision=args.precision,
-            backend=backend,
+            backend=args.backend,
             calibration=args.calibration,
         )
     except (CheckpointError, UserError) as error:

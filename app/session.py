@@ -21,7 +21,6 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
-import torch
 from PIL import Image
 
 from emanet.io.checkpoint import BUNDLED_CHECKPOINT, MODEL_ZOO, CheckpointError
@@ -30,7 +29,6 @@ from emanet.models.presets import SMALL_PRESET
 from emanet.models.segmentor import build_model
 from emanet.predict import Prediction, Segmenter
 from emanet.predict.int8 import toycity_calibration
-from emanet.runtime.backends import MissingExtraError, import_onnxruntime
 from emanet.runtime.device import is_out_of_memory
 from emanet.viz import render
 
@@ -62,18 +60,6 @@ RANDOM_WEIGHTS_NOTICE = (
 
 def bundled_missing() -> bool:
     return not BUNDLED_CHECKPOINT.is_file()
-
-
-def default_backend(device) -> str:
-    """What the app runs a network with when not told: on a CPU, onnxruntime where it is
-    installed (the same labels, about half the time: docs/benchmarks.md), else torch."""
-    if torch.device(device).type != "cpu":
-        return "torch"
-    try:
-        import_onnxruntime()
-    except MissingExtraError:
-        return "torch"
-    return "onnxruntime"
 
 
 def load_segmenter(name: str | None, **options) -> Segmenter:

@@ -501,17 +501,3 @@ def test_default_factory_runs_models_in_the_precision_asked_for(monkeypatch):
     monkeypatch.setattr(session_module, "load_segmenter", spy)
     build_demo(preload=True, device="cpu", precision="bf16")
     assert made == [{"device": "cpu", "precision": "bf16"}]
-
-
-def test_the_default_backend_on_a_cpu_is_onnxruntime_where_installed(monkeypatch):
-    from emanet.runtime.backends import MissingExtraError
-
-    pytest.importorskip("onnxruntime")
-    assert session_module.default_backend("cpu") == "onnxruntime"
-    assert session_module.default_backend("cuda") == "torch"
-
-    def missing():
-        raise MissingExtraError("pip install 'emanet[export]'")
-
-    monkeypatch.setattr(session_module, "import_onnxruntime", missing)
-    assert session_module.default_backend("cpu") == "torch"
