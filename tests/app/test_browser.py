@@ -20,15 +20,13 @@ import urllib.request
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from emanet import build_model, load_trace  # noqa: E402
+from emanet import load_trace  # noqa: E402
 from emanet.app.session import DEFAULTS  # noqa: E402
 from emanet.app.ui import build_demo  # noqa: E402
-from emanet.predict import Segmenter  # noqa: E402
 from emanet.viz.explorer import parts_map, pixel_responsibilities  # noqa: E402
 from tests.browser import BROWSER_TESTS  # noqa: E402
 
@@ -47,35 +45,14 @@ SIZE = (160, 96)  # (W, H) of the photo
 SHOWN = (614, 1024)  # (H, W) of its parts map: 1024 pixels on the longer side
 
 
-class CountingSegmenter(Segmenter):
-    """A segmenter that records every image it is asked to segment."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.runs: list = []
-
-    def __call__(self, image, *args, **kwargs):
-        self.runs.append(image)
-        return super().__call__(image, *args, **kwargs)
-
-
 @pytest.fixture(scope="module")
-def segmenter():
-    torch.manual_seed(0)
-    return CountingSegmenter(build_model("emanet_r18-d8_toycity"), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def server(segmenter, free_port, tmp_path_factory):
+def server(segmenter, serve, tmp_path_factory):
     demo = build_demo(
         segmenter_factory=lambda name: segmenter,
         examples_dir=tmp_path_factory.mktemp("examples"),
         preload=True,
     )
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    return serve(demo)
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +78,11 @@ def inputs(tmp_path_factory):
 def explored(page, segmenter, inputs):
     """The photo uploaded (the page runs it by itself): ``(page, runs)``, ``runs`` the number
     of runs that the upload asked for."""
-    before = len(segmenter.runs)
+    before = segmenter.runs
     page.locator("#input-image input[type=file]").set_input_files(str(inputs / "photo.png"))
     wait_for_views(page)
     time.sleep(SETTLE_S)
-    return page, len(segmenter.runs) - before
+    return page, segmenter.runs - before
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +289,7 @@ def test_play_steps_through_the_iterations(explored):
 def test_the_segment_button_runs_again_with_the_changed_controls(explored, segmenter):
     page, _ = explored
     open_tab(page, "Parts map")
-    before = len(segmenter.runs)
+    before = segmenter.runs
     page.locator("#lambda-scale input").fill("4")
     iterations = page.get_by_label("number input for EM iterations at test time")
     iterations.fill("1")
@@ -320,7 +297,7 @@ def test_the_segment_button_runs_again_with_the_changed_controls(explored, segme
     page.get_by_role("button", name="Segment").click()
     page.locator("#info").get_by_text("what-if: λ = 200").wait_for(timeout=TIMEOUT_MS)
     assert "1 EM iterations" in page.locator("#info").inner_text()
-    assert len(segmenter.runs) == before + 1
+    assert segmenter.runs == before + 1
     # the explorer follows the new run: its one iteration, no pixel chosen in it yet
     page.locator("#pixel-chart td[data-value]").first.wait_for(state="detached", timeout=10_000)
     assert page.locator("#iteration input[type=number]").input_value() == "1"
@@ -328,18 +305,18 @@ def test_the_segment_button_runs_again_with_the_changed_controls(explored, segme
 
 def test_example_click_runs_once_and_clearing_the_image_clears_the_views(page, segmenter):
     open_tab(page, "Parts map")
-    before = len(segmenter.runs)
+    before = segmenter.runs
     page.get_by_text("synthetic toy city (unseen seed").first.click()
     page.locator("#info").get_by_text("512×256 image").wait_for(timeout=TIMEOUT_MS)
     wait_for_views(page)
     time.sleep(SETTLE_S)
-    assert len(segmenter.runs) == before + 1, "one example click, one run"
+    assert segmenter.runs == before + 1, "one example click, one run"
     page.locator("#input-image").get_by_role("button", name="Remove Image").click()
     page.locator("#overlay img").wait_for(state="detached", timeout=TIMEOUT_MS)
     page.locator("#parts img").wait_for(state="detached", timeout=TIMEOUT_MS)
     assert "Attention" not in page.locator("#info").inner_text()
     assert page.locator(".toast-body").count() == 0, "clearing the image is not an error"
-    assert len(segmenter.runs) == before + 1
+    assert segmenter.runs == before + 1
 
 
 def test_a_broken_upload_is_named_by_its_file_name(page, inputs):

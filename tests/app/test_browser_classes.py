@@ -49,7 +49,7 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint, free_port, tmp_path_factory):
+def server(checkpoint, serve, tmp_path_factory):
     segmenter = Segmenter.from_pretrained(checkpoint, device="cpu")
     assert segmenter.classes == tuple(FIVE)
     demo = build_demo(
@@ -57,10 +57,7 @@ def server(checkpoint, free_port, tmp_path_factory):
         examples_dir=tmp_path_factory.mktemp("examples"),
         preload=True,
     )
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    return serve(demo)
 
 
 @pytest.fixture(scope="module")

@@ -23,16 +23,13 @@ TIMEOUT_MS = 90_000
 
 
 @pytest.fixture(scope="module")
-def server(free_port, tmp_path_factory):
+def server(serve, tmp_path_factory):
     patch = pytest.MonkeyPatch()
     patch.setenv("EMANET_CACHE", str(tmp_path_factory.mktemp("onnx-cache")))
     explorer = Explorer(preload=True, device="cpu", backend="onnxruntime")
     assert explorer.cache.loaded(None).backend == "onnxruntime"
     demo = build_demo(explorer=explorer, examples_dir=tmp_path_factory.mktemp("examples"))
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    yield serve(demo)
     patch.undo()
 
 

@@ -34,22 +34,6 @@ from emanet.viz import render  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 
 
-class CountingSegmenter(Segmenter):
-    """A segmenter that counts the images it is asked to segment."""
-
-    runs = 0
-
-    def __call__(self, image, *args, **kwargs):
-        self.runs += 1
-        return super().__call__(image, *args, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def segmenter():
-    torch.manual_seed(0)
-    return CountingSegmenter(build_model("emanet_r18-d8_toycity"), device="cpu")
-
-
 def payload(path: Path) -> dict:
     """What the page sends for an uploaded file (the events skip Gradio's preprocessing)."""
     return {"path": str(path), "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}

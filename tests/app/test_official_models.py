@@ -72,7 +72,7 @@ def zoo(tmp_path_factory, free_port):
 
 
 @pytest.fixture(scope="module")
-def page(browser, zoo, free_port, tmp_path_factory):
+def page(browser, zoo, serve, tmp_path_factory):
     patch = pytest.MonkeyPatch()
     for name, url in zoo.items():
         patch.setitem(hub.MODEL_ZOO, name, url)
@@ -80,17 +80,15 @@ def page(browser, zoo, free_port, tmp_path_factory):
     patch.setitem(presets.PRESETS, ZOO_NAME, presets.get_preset(PRESET))
     patch.setattr(torch.hub, "_hub_dir", str(tmp_path_factory.mktemp("hub")))
     demo = build_demo(examples_dir=tmp_path_factory.mktemp("examples"))
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    url = serve(demo)
     image = tmp_path_factory.mktemp("inputs") / "street.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 192, 3), np.uint8)).save(image)
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    page.goto(f"http://127.0.0.1:{port}/")
+    page.goto(url)
     page.locator("#input-image input[type=file]").set_input_files(str(image))
     page.locator("#info").get_by_text("Attention at EM iteration").wait_for(timeout=TIMEOUT_MS)
     yield page
     page.close()
-    demo.close()
     patch.undo()
 
 

@@ -10,14 +10,13 @@ import urllib.request
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from gradio_client import Client, handle_file  # noqa: E402
 
-from emanet import build_model, load_trace  # noqa: E402
+from emanet import load_trace  # noqa: E402
 from emanet.app.examples import toycity_examples  # noqa: E402
 from emanet.app.handlers import Explorer  # noqa: E402
 from emanet.app.session import BUNDLED, DEFAULTS, MAX_SIZE, MIN_SIZE, UPLOADED  # noqa: E402
@@ -25,7 +24,6 @@ from emanet.app.ui import build_demo  # noqa: E402
 from emanet.app.views import CONVERGENCE_MEASURES  # noqa: E402
 from emanet.data import CLASSES, PALETTE  # noqa: E402
 from emanet.models.attention import measure_attention  # noqa: E402
-from emanet.predict import Segmenter  # noqa: E402
 from emanet.viz.explorer import parts_map, pixel_responsibilities  # noqa: E402
 
 pytestmark = [
@@ -33,22 +31,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::Warning:gradio.queueing"),
     pytest.mark.slow,
 ]
-
-
-class CountingSegmenter(Segmenter):
-    """A segmenter that counts the images it is asked to segment."""
-
-    runs = 0
-
-    def __call__(self, image, *args, **kwargs):
-        self.runs += 1
-        return super().__call__(image, *args, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def segmenter():
-    torch.manual_seed(0)
-    return CountingSegmenter(build_model("emanet_r18-d8_toycity"), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -61,18 +43,8 @@ def demo(segmenter, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(demo, free_port):
-    port = free_port()
-    demo.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        max_file_size="20mb",
-    )
-    url = f"http://127.0.0.1:{port}/"
-    yield url
-    demo.close()
+def server(demo, serve):
+    return serve(demo, max_file_size="20mb")
 
 
 @pytest.fixture(scope="module")
@@ -355,14 +327,11 @@ def test_export_is_the_runs_trace_read_back_with_one_call(client, files):
 
 
 @pytest.fixture(scope="module")
-def bundled(free_port, tmp_path_factory):
+def bundled(serve, tmp_path_factory):
     """The app on the bundled model, as `make demo` serves it: ``(client, explorer)``."""
     explorer = Explorer(preload=True, device="cpu")
     demo = build_demo(explorer=explorer, examples_dir=tmp_path_factory.mktemp("examples"))
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield Client(f"http://127.0.0.1:{port}/", verbose=False), explorer
-    demo.close()
+    return Client(serve(demo), verbose=False), explorer
 
 
 def test_lambda_multiplier_is_a_what_if_on_the_bundled_models_own_lambda(bundled, tmp_path):
