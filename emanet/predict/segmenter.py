@@ -42,7 +42,7 @@ from emanet.runtime.precision import DEFAULT_PRECISION, PRECISIONS, autocast, ch
 from .int8 import Calibration, folder_calibration, toycity_calibration
 from .ort import OnnxRuntimeNet
 
-__all__ = ["Prediction", "Segmenter"]
+__all__ = ["Prediction", "Segmenter", "class_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ class Segmenter:
             inverse_temperature=inverse_temperature,
         )
         logits = self._at_size(logits, (picture.height, picture.width))
-        labels = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+        labels = class_labels(logits)[0]
         probabilities = None
         if return_probabilities:
             probabilities = logits.softmax(dim=1)[0].cpu().numpy()
@@ -353,7 +353,7 @@ class Segmenter:
             inverse_temperature=inverse_temperature,
         )
         logits = self._at_size(logits, (pictures[0].height, pictures[0].width))
-        labels = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        labels = class_labels(logits)
         return [
             Prediction(
                 image=picture,
@@ -364,6 +364,14 @@ class Segmenter:
             )
             for index, picture in enumerate(pictures)
         ]
+
+
+def class_labels(logits: torch.Tensor) -> np.ndarray:
+    """``(B, num_classes, H, W)`` logits -> ``(B, H, W)`` uint8 class ids: the index of each
+    pixel's largest logit (the first one on a tie, as ``argmax``). ``max(dim=1)`` rather than
+    ``argmax(dim=1)``: on a CPU, argmax over the strided class axis is several times slower than
+    max's indices, which give the same ids."""
+    return logits.max(dim=1).indices.to(torch.uint8).cpu().numpy()
 
 
 def _trace_to_cpu(trace: EMTrace) -> EMTrace:

@@ -207,3 +207,15 @@ def test_the_test_scale_travels_with_the_checkpoint(tmp_path, trained):
     assert mmseg.test_scale == (512, 256)
     image = Image.fromarray(photo(300, 600))
     assert Segmenter.from_pretrained(recorded, device="cpu")(image).input_size == (100, 200)
+
+
+def test_class_labels_are_argmax_with_its_tie_rule():
+    from emanet.predict.segmenter import class_labels
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 19, 33, 47)
+    np.testing.assert_array_equal(class_labels(logits), logits.argmax(dim=1).numpy())
+    # ties: the first largest, as argmax (rounded logits tie often)
+    tied = torch.randint(0, 3, (2, 19, 33, 47)).float()
+    np.testing.assert_array_equal(class_labels(tied), tied.argmax(dim=1).numpy())
+    assert class_labels(tied).dtype == np.uint8
