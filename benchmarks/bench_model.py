@@ -1,21 +1,33 @@
 """CPU inference: torch plain and fast against onnxruntime fp32 and int8, interleaved; labels.
 
 For each model -- a random-weight R-50-D8 at 512x1024 (whole) and the bundled model at its test
-size (256x512) -- four ways to run one forward pass on one image:
+size (256x512) -- four ways to segment one image, each a :class:`emanet.Segmenter`:
 
-torch plain  the model as built: NCHW, BatchNorm unfolded, under torch.no_grad
-torch fast   emanet.fast.fusion.optimize_for_inference (BN folded, channels_last), inference_mode
-             (what Segmenter(backend="torch") runs)
-ort fp32     Segmenter(backend="onnxruntime"): the cached ONNX graph run by onnxruntime
+torch plain  the model as built: NCHW, BatchNorm unfolded (``fast=False``)
+torch fast   BatchNorm folded, channels_last (``Segmenter``'s default on the torch backend)
+ort fp32     ``backend="onnxruntime"``: the cached ONNX graph run by onnxruntime
 ort int8     the same graph statically quantised (QDQ, per-channel weights; calibrated on
              toy-city scenes)
 
-Each round calls every path once, in turn, so load from other processes falls on all of them;
-the median over the rounds is printed with its ratio to torch fast and torch plain, and the
-share of labels equal to torch plain's (the bundled model on an unseen toy-city scene; R-50's
-random weights on random input make near-ties, so there the share of int8 says little). The
-ONNX files are exported on the first run into the cache ($EMANET_CACHE, else beside
-torch.hub's) and reused afterwards.
+Each path lives in a process of its own, as it does for a user: PyTorch's OpenMP workers and
+onnxruntime's threads each spin for a while after their work, and in one shared process they
+would take the cores from the next path's run. The paths are still timed in one interleaved run:
+every round asks each process in turn for two calls, back to back, and times the second (warm:
+the cores are awake and the previous path's threads have gone to sleep, as for a user who
+segments a folder), so load from elsewhere falls on all of them. Two times per path:
+
+forward  ``segmenter.infer(x)``: the network on the preprocessed image (what the targets are
+         about)
+predict  ``segmenter(image)``: image in, labels out (preprocessing, network, labels)
+
+and the median over the rounds is printed with its ratio to torch fast, the network's FLOPs per
+second in the forward pass (:func:`emanet.deploy.flops.model_cost`), and the share of labels
+equal to torch plain's (the bundled model on an unseen toy-city scene; R-50's random weights on
+a random image make near-ties, so there the share of int8 says little). Above each table, this
+CPU's fp32 ceiling as onnxruntime reaches it (a chain of 3x3 convolutions, see
+:func:`fp32_ceiling`; the best of its runs before and after each model's): no fp32 path can run
+the network faster than its FLOPs at that rate. The ONNX files are exported on the first run
+into the cache ($EMANET_CACHE, else beside torch.hub's) and reused afterwards.
 
 Targets (issue 25): R-50 ort fp32 <= 0.75x torch fast, int8 <= 0.3x; bundled ort fp32 <= 0.6x
 torch fast, int8 <= 0.4x.
@@ -25,6 +37,7 @@ Usage: python benchmarks/bench_model.py [--models r50 bundled] [--rounds 7] [--t
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import time
 
 import numpy as np
@@ -33,65 +46,152 @@ from PIL import Image
 
 from emanet import Segmenter, build_model
 from emanet.data.toycity import render_scene
-from emanet.fast.fusion import optimize_for_inference
+from emanet.deploy.flops import model_cost
 from emanet.predict.int8 import toycity_calibration
 
 R50 = "emanet_r50-d8_512x1024_80k_cityscapes"
+PATHS = {
+    "torch plain": dict(fast=False),
+    "torch fast": dict(),
+    "ort fp32": dict(backend="onnxruntime"),
+    "ort int8": dict(backend="onnxruntime", precision="int8"),
+}
 
 
-def paths(name: str) -> tuple[dict, torch.Tensor]:
-    """``{path: fn() -> logits}`` for one model, and its input ``(1, 3, H, W)``."""
-    if name == "r50":
-        torch.manual_seed(0)
-        # Random weights; the test scale (1024, 512) makes 512x1024 inputs.
-        options = dict(test_scale=(1024, 512))
-        model = build_model(R50).eval()
-        x = torch.randn(1, 3, 512, 1024)
-    else:
+def segmenter_and_image(model: str, path: str) -> tuple[Segmenter, Image.Image]:
+    """``path``'s segmenter of ``model`` (``"r50"`` or ``"bundled"``) and the image it runs on."""
+    options = PATHS[path]
+    if model == "bundled":
         # A toy-city scene none of the paths has seen (int8 is calibrated on others).
-        options = {}
-        segmenter = Segmenter.from_pretrained(device="cpu", fast=False)
-        model = segmenter.model
         scene = render_scene(256, 512, np.random.default_rng([99, 0]))[0]
-        x = segmenter.preprocess(Image.fromarray(scene))
-    fast = optimize_for_inference(model)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    if name == "r50":
-        calibrate = dict(calibration=toycity_calibration())
-        ort32 = Segmenter(model, backend="onnxruntime", **options)
-        ort8 = Segmenter(model, backend="onnxruntime", precision="int8", **options, **calibrate)
-    else:
-        ort32 = Segmenter.from_pretrained(backend="onnxruntime")
-        ort8 = Segmenter.from_pretrained(backend="onnxruntime", precision="int8")
-
-    def plain():
-        with torch.no_grad():
-            return model.inference(x)
-
-    def optimised():
-        with torch.inference_mode():
-            return fast.inference(x_cl)
-
-    return {
-        "torch plain": plain,
-        "torch fast": optimised,
-        "ort fp32": lambda: ort32.infer(x),
-        "ort int8": lambda: ort8.infer(x),
-    }, x
+        return Segmenter.from_pretrained(device="cpu", **options), Image.fromarray(scene)
+    torch.manual_seed(0)  # the same random weights in every process
+    net = build_model(R50).eval()
+    if options.get("precision") == "int8":
+        options = dict(options, calibration=toycity_calibration())
+    # The test scale (1024, 512) makes a 1024x512 image a 512x1024 input.
+    segmenter = Segmenter(net, device="cpu", test_scale=(1024, 512), **options)
+    pixels = np.random.default_rng(0).integers(0, 256, (512, 1024, 3), dtype=np.uint8)
+    return segmenter, Image.fromarray(pixels)
 
 
-def interleaved(fns: dict, rounds: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds of each function over ``rounds`` rounds that call each once in turn."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {key: [] for key in fns}
+def serve(model: str, path: str, threads: int, connection) -> None:
+    """One path in its own process: answers ``"forward"`` and ``"predict"`` with the seconds
+    one call took, after sending the labels of its first (warm-up, export) call and its input
+    size."""
+    torch.set_num_threads(threads)
+    segmenter, image = segmenter_and_image(model, path)
+    x = segmenter.preprocess(image)
+    calls = {"forward": lambda: segmenter.infer(x), "predict": lambda: segmenter(image)}
+    connection.send((segmenter(image).labels, tuple(x.shape[-2:])))
+    for _ in range(2):
+        calls["forward"]()
+    while (request := connection.recv()) != "stop":
+        calls[request]()  # untimed: see "warm" in the module docstring
+        start = time.perf_counter()
+        calls[request]()
+        connection.send(time.perf_counter() - start)
+
+
+def interleaved(connections: dict, request: str, rounds: int) -> dict[str, float]:
+    """Median seconds of ``request`` per path over ``rounds`` rounds that ask each path once."""
+    times = {path: [] for path in connections}
     for _ in range(rounds):
-        for key, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - start)
-    return {key: float(np.median(values)) for key, values in times.items()}
+        for path, connection in connections.items():
+            connection.send(request)
+            times[path].append(connection.recv())
+    return {path: float(np.median(seconds)) for path, seconds in times.items()}
+
+
+def fp32_ceiling(threads: int, layers: int = 6) -> float:
+    """FLOPs per second of onnxruntime's fastest fp32 kernels here: the best of seven runs of
+    ``layers`` 3x3 convolutions (256 -> 256 channels on 64x128, ReLU between them: the
+    networks' busiest kind of layer, at R-50's feature-map size)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(_conv_chain(layers), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 256, 64, 128), dtype=np.float32)
+    flops = layers * 2 * 256 * 256 * 9 * 64 * 128
+    session.run(None, {"x": x})
+    best = 0.0
+    for _ in range(7):
+        start = time.perf_counter()
+        session.run(None, {"x": x})
+        best = max(best, flops / (time.perf_counter() - start))
+    return best
+
+
+def _conv_chain(layers: int) -> bytes:
+    """A serialised ONNX model: ``layers`` times Conv 3x3 (256 -> 256, padding 1) then ReLU,
+    on ``x`` ``(1, 256, 64, 128)``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    nodes, weights, name = [], [], "x"
+    for layer in range(layers):
+        weight = (rng.standard_normal((256, 256, 3, 3)) / 48).astype(np.float32)
+        weights.append(numpy_helper.from_array(weight, f"w{layer}"))
+        nodes.append(helper.make_node("Conv", [name, f"w{layer}"], [f"c{layer}"], pads=[1] * 4))
+        nodes.append(helper.make_node("Relu", [f"c{layer}"], [name := f"r{layer}"]))
+    shape = [1, 256, 64, 128]
+    graph = helper.make_graph(
+        nodes,
+        "conv_chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)],
+        initializer=weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return model.SerializeToString()
+
+
+def measure(model: str, threads: int, rounds: int) -> dict:
+    """Each path's forward and predict medians and labels for ``model``, interleaved."""
+    context = multiprocessing.get_context("spawn")
+    connections, processes, first = {}, [], {}
+    for path in PATHS:
+        mine, theirs = context.Pipe()
+        process = context.Process(target=serve, args=(model, path, threads, theirs), daemon=True)
+        process.start()
+        connections[path], first[path] = mine, mine.recv()
+        processes.append(process)
+    try:
+        forward = interleaved(connections, "forward", rounds)
+        predict = interleaved(connections, "predict", rounds)
+    finally:
+        for connection in connections.values():
+            connection.send("stop")
+        for process in processes:
+            process.join()
+    labels = {path: labels for path, (labels, _) in first.items()}
+    return {"forward": forward, "predict": predict, "labels": labels, "input": first[path][1]}
+
+
+def report(model: str, results: dict, threads: int, ceiling: float) -> None:
+    """Print one model's table (see the module docstring)."""
+    preset = R50 if model == "r50" else "emanet_r18-d8_toycity"
+    input_size = results["input"]
+    flops = model_cost(preset, input_size, "whole").flops
+    forward, predict, labels = results["forward"], results["predict"], results["labels"]
+    fast = forward["torch fast"]
+    print(
+        f"\n{model}: input {input_size[0]}x{input_size[1]}, {threads} threads, cpu, "
+        f"{flops / 1e9:.1f} GFLOP per forward pass; fp32 ceiling {ceiling / 1e9:.0f} GFLOP/s "
+        f"(at best {flops / ceiling * 1e3:.1f} ms = {flops / ceiling / fast:.2f}x torch fast)"
+    )
+    print(
+        f"{'path':12s} {'forward ms':>10s} {'vs fast':>8s} {'GFLOP/s':>8s} "
+        f"{'predict ms':>11s} {'vs fast':>8s} {'same labels':>12s}"
+    )
+    for path in PATHS:
+        same = float((labels[path] == labels["torch plain"]).mean())
+        print(
+            f"{path:12s} {forward[path] * 1e3:10.1f} {forward[path] / fast:7.2f}x "
+            f"{flops / forward[path] / 1e9:8.0f} {predict[path] * 1e3:11.1f} "
+            f"{predict[path] / predict['torch fast']:7.2f}x {same * 100:11.2f}%"
+        )
 
 
 def main() -> None:
@@ -100,20 +200,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    for name in args.models:
-        fns, x = paths(name)
-        labels = {key: fn().argmax(1) for key, fn in fns.items()}  # also the first (export) runs
-        medians = interleaved(fns, args.rounds)
-        fast, plain = medians["torch fast"], medians["torch plain"]
-        print(f"\n{name}: input {x.shape[2]}x{x.shape[3]}, {args.threads} threads, cpu")
-        print(f"{'path':12s} {'ms':>8s} {'vs fast':>8s} {'vs plain':>9s} {'same labels':>12s}")
-        for key, seconds in medians.items():
-            same = (labels[key] == labels["torch plain"]).float().mean().item()
-            print(
-                f"{key:12s} {seconds * 1e3:8.1f} {seconds / fast:7.2f}x {seconds / plain:8.2f}x "
-                f"{same * 100:11.2f}%"
-            )
+    # The ceiling is measured before and after every model, and the best taken: a slow
+    # moment of the machine must not lower it.
+    ceilings = [fp32_ceiling(args.threads)]
+    results = {}
+    for model in args.models:
+        results[model] = measure(model, args.threads, args.rounds)
+        ceilings.append(fp32_ceiling(args.threads))
+    for model, measured in results.items():
+        report(model, measured, args.threads, max(ceilings))
 
 
 if __name__ == "__main__":

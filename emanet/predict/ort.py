@@ -28,6 +28,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from emanet.io.atomic import atomic_write
@@ -84,6 +85,10 @@ def open_session(path: str | os.PathLike[str], threads: int | None = None):
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle threads sleep instead of spinning: a run is followed by PyTorch's own work (the
+    # labels, the explorer's maps) and often by another session's run, and spinning threads
+    # would take the cores those need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -148,7 +153,9 @@ class OnnxRuntimeNet(EMANet):
         steps, lam = self._setting(em.num_iterations, em.inverse_temperature)
         session = self.session(steps, lam)
         names = [OUTPUT_NAME] + (trace_output_names(steps) if em.trace is not None else [])
-        pixels = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        # numpy's copy, not torch's: a torch copy this size wakes PyTorch's OpenMP workers,
+        # which keep spinning on the cores onnxruntime's threads are about to use.
+        pixels = np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())
         outputs = [torch.from_numpy(out) for out in session.run(names, {INPUT_NAME: pixels})]
         if em.trace is not None:
             _fill_trace(em.trace, outputs[1:], steps)

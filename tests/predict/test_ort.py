@@ -85,6 +85,16 @@ def test_trace_outputs_are_the_torch_trace(bundled):
         torch.testing.assert_close(ours, theirs, **close)
 
 
+def test_sessions_run_on_the_torch_threads_and_sleep_when_idle(bundled):
+    # Idle threads that spin would take the cores PyTorch's work after a run needs (the
+    # labels, the explorer's maps) and those of the other open sessions.
+    _, onnx_backend = bundled
+    session = onnx_backend._net.session(3, float(onnx_backend.model.em_unit.inverse_temperature))
+    options = session.get_session_options()
+    assert options.intra_op_num_threads == torch.get_num_threads()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_iterations_and_lambda_choose_their_own_cached_graph(bundled, onnx_cache, caplog):
     torch_backend, onnx_backend = bundled
     image = photo(64, 96, seed=7)
