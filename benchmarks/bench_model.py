@@ -103,17 +103,19 @@ def interleaved(connections: dict, request: str, rounds: int) -> dict[str, float
     return {path: float(np.median(seconds)) for path, seconds in times.items()}
 
 
-def fp32_ceiling(threads: int, layers: int = 6) -> float:
+def fp32_ceiling(threads: int, layers: int = 4, channels: int = 512) -> float:
     """FLOPs per second of onnxruntime's fastest fp32 kernels here: the best of seven runs of
-    ``layers`` 3x3 convolutions (256 -> 256 channels on 64x128, ReLU between them: the
-    networks' busiest kind of layer, at R-50's feature-map size)."""
+    ``layers`` 3x3 convolutions (``channels`` -> ``channels`` on 64x128, ReLU between them: the
+    networks' busiest kind of layer, R-50's at 512x1024)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(_conv_chain(layers), options, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((1, 256, 64, 128), dtype=np.float32)
-    flops = layers * 2 * 256 * 256 * 9 * 64 * 128
+    session = ort.InferenceSession(
+        _conv_chain(layers, channels), options, providers=["CPUExecutionProvider"]
+    )
+    x = np.random.default_rng(0).standard_normal((1, channels, 64, 128), dtype=np.float32)
+    flops = layers * 2 * channels * channels * 9 * 64 * 128
     session.run(None, {"x": x})
     best = 0.0
     for _ in range(7):
@@ -123,19 +125,20 @@ def fp32_ceiling(threads: int, layers: int = 6) -> float:
     return best
 
 
-def _conv_chain(layers: int) -> bytes:
-    """A serialised ONNX model: ``layers`` times Conv 3x3 (256 -> 256, padding 1) then ReLU,
-    on ``x`` ``(1, 256, 64, 128)``."""
+def _conv_chain(layers: int, channels: int) -> bytes:
+    """A serialised ONNX model: ``layers`` times Conv 3x3 (``channels`` -> ``channels``,
+    padding 1) then ReLU, on ``x`` ``(1, channels, 64, 128)``."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(1)
     nodes, weights, name = [], [], "x"
     for layer in range(layers):
-        weight = (rng.standard_normal((256, 256, 3, 3)) / 48).astype(np.float32)
+        weight = rng.standard_normal((channels, channels, 3, 3)) / (3 * channels**0.5)
+        weight = weight.astype(np.float32)
         weights.append(numpy_helper.from_array(weight, f"w{layer}"))
         nodes.append(helper.make_node("Conv", [name, f"w{layer}"], [f"c{layer}"], pads=[1] * 4))
         nodes.append(helper.make_node("Relu", [f"c{layer}"], [name := f"r{layer}"]))
-    shape = [1, 256, 64, 128]
+    shape = [1, channels, 64, 128]
     graph = helper.make_graph(
         nodes,
         "conv_chain",
