@@ -24,21 +24,27 @@ and the median over the rounds is printed with its ratio to torch fast, the netw
 second in the forward pass (:func:`emanet.deploy.flops.model_cost`), and the share of labels
 equal to torch plain's (the bundled model on an unseen toy-city scene; R-50's random weights on
 a random image make near-ties, so there the share of int8 says little). Above each table, this
-CPU's fp32 ceiling as onnxruntime reaches it (a chain of 3x3 convolutions, see
-:func:`fp32_ceiling`; the best of its runs before and after each model's): no fp32 path can run
-the network faster than its FLOPs at that rate. The ONNX files are exported on the first run
-into the cache ($EMANET_CACHE, else beside torch.hub's) and reused afterwards.
+CPU's fp32 ceiling as onnxruntime reaches it: a fifth process, timed in the same rounds, runs a
+chain of 3x3 convolutions (R-50's busiest kind of layer, :func:`conv_chain`); no fp32 path can
+run the network faster than its FLOPs at that rate. The ONNX files are exported on the first
+run into the cache ($EMANET_CACHE, else beside torch.hub's) and reused afterwards.
+
+``--fusion`` adds what the torch fast path is made of: BatchNorm folding and channels_last,
+each on its own (:func:`fusion_report`).
 
 Targets (issue 25): R-50 ort fp32 <= 0.75x torch fast, int8 <= 0.3x; bundled ort fp32 <= 0.6x
 torch fast, int8 <= 0.4x.
 Usage: python benchmarks/bench_model.py [--models r50 bundled] [--rounds 7] [--threads 2]
+       [--fusion]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import multiprocessing
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -47,9 +53,14 @@ from PIL import Image
 from emanet import Segmenter, build_model
 from emanet.data.toycity import render_scene
 from emanet.deploy.flops import model_cost
+from emanet.fast.fusion import optimize_for_inference
 from emanet.predict.int8 import toycity_calibration
 
 R50 = "emanet_r50-d8_512x1024_80k_cityscapes"
+#: The fifth process: this CPU's fp32 ceiling, timed with the paths (see :func:`conv_chain`).
+CEILING = "fp32 ceiling"
+CHAIN = {"layers": 4, "channels": 512}
+CHAIN_FLOPS = CHAIN["layers"] * 2 * CHAIN["channels"] ** 2 * 9 * 64 * 128
 PATHS = {
     "torch plain": dict(fast=False),
     "torch fast": dict(),
@@ -78,12 +89,17 @@ def segmenter_and_image(model: str, path: str) -> tuple[Segmenter, Image.Image]:
 def serve(model: str, path: str, threads: int, connection) -> None:
     """One path in its own process: answers ``"forward"`` and ``"predict"`` with the seconds
     one call took, after sending the labels of its first (warm-up, export) call and its input
-    size."""
+    size (``None`` for :data:`CEILING`, whose two calls both run :func:`conv_chain`)."""
     torch.set_num_threads(threads)
-    segmenter, image = segmenter_and_image(model, path)
-    x = segmenter.preprocess(image)
-    calls = {"forward": lambda: segmenter.infer(x), "predict": lambda: segmenter(image)}
-    connection.send((segmenter(image).labels, tuple(x.shape[-2:])))
+    if path == CEILING:
+        chain = conv_chain(threads)
+        calls, first = {"forward": chain, "predict": chain}, None
+    else:
+        segmenter, image = segmenter_and_image(model, path)
+        x = segmenter.preprocess(image)
+        calls = {"forward": lambda: segmenter.infer(x), "predict": lambda: segmenter(image)}
+        first = (segmenter(image).labels, tuple(x.shape[-2:]))
+    connection.send(first)
     for _ in range(2):
         calls["forward"]()
     while (request := connection.recv()) != "stop":
@@ -103,26 +119,19 @@ def interleaved(connections: dict, request: str, rounds: int) -> dict[str, float
     return {path: float(np.median(seconds)) for path, seconds in times.items()}
 
 
-def fp32_ceiling(threads: int, layers: int = 4, channels: int = 512) -> float:
-    """FLOPs per second of onnxruntime's fastest fp32 kernels here: the best of seven runs of
-    ``layers`` 3x3 convolutions (``channels`` -> ``channels`` on 64x128, ReLU between them: the
-    networks' busiest kind of layer, R-50's at 512x1024)."""
+def conv_chain(threads: int) -> Callable[[], object]:
+    """One run of :data:`CHAIN` (``layers`` 3x3 convolutions of ``channels`` channels on 64x128
+    with ReLU between them: R-50's busiest kind of layer, at 512x1024) in onnxruntime fp32."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(
-        _conv_chain(layers, channels), options, providers=["CPUExecutionProvider"]
-    )
-    x = np.random.default_rng(0).standard_normal((1, channels, 64, 128), dtype=np.float32)
-    flops = layers * 2 * channels * channels * 9 * 64 * 128
-    session.run(None, {"x": x})
-    best = 0.0
-    for _ in range(7):
-        start = time.perf_counter()
-        session.run(None, {"x": x})
-        best = max(best, flops / (time.perf_counter() - start))
-    return best
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the backend's
+    graph = _conv_chain(CHAIN["layers"], CHAIN["channels"])
+    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    shape = (1, CHAIN["channels"], 64, 128)
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    return lambda: session.run(None, {"x": x})
 
 
 def _conv_chain(layers: int, channels: int) -> bytes:
@@ -154,7 +163,7 @@ def measure(model: str, threads: int, rounds: int) -> dict:
     """Each path's forward and predict medians and labels for ``model``, interleaved."""
     context = multiprocessing.get_context("spawn")
     connections, processes, first = {}, [], {}
-    for path in PATHS:
+    for path in [*PATHS, CEILING]:
         mine, theirs = context.Pipe()
         process = context.Process(target=serve, args=(model, path, threads, theirs), daemon=True)
         process.start()
@@ -168,17 +177,19 @@ def measure(model: str, threads: int, rounds: int) -> dict:
             connection.send("stop")
         for process in processes:
             process.join()
-    labels = {path: labels for path, (labels, _) in first.items()}
-    return {"forward": forward, "predict": predict, "labels": labels, "input": first[path][1]}
+    labels = {path: first[path][0] for path in PATHS}
+    input_size = first["torch plain"][1]
+    return {"forward": forward, "predict": predict, "labels": labels, "input": input_size}
 
 
-def report(model: str, results: dict, threads: int, ceiling: float) -> None:
+def report(model: str, results: dict, threads: int) -> None:
     """Print one model's table (see the module docstring)."""
     preset = R50 if model == "r50" else "emanet_r18-d8_toycity"
     input_size = results["input"]
     flops = model_cost(preset, input_size, "whole").flops
     forward, predict, labels = results["forward"], results["predict"], results["labels"]
     fast = forward["torch fast"]
+    ceiling = CHAIN_FLOPS / forward[CEILING]
     print(
         f"\n{model}: input {input_size[0]}x{input_size[1]}, {threads} threads, cpu, "
         f"{flops / 1e9:.1f} GFLOP per forward pass; fp32 ceiling {ceiling / 1e9:.0f} GFLOP/s "
@@ -197,21 +208,49 @@ def report(model: str, results: dict, threads: int, ceiling: float) -> None:
         )
 
 
+def fusion_report(threads: int, rounds: int) -> None:
+    """The torch fast path's two parts on their own, interleaved in this process (one runtime,
+    one thread pool): forward ms of plain, channels_last only, BatchNorm folded only and both,
+    for both models, against plain."""
+    torch.set_num_threads(threads)
+    for model in ("r50", "bundled"):
+        segmenter, image = segmenter_and_image(model, "torch plain")
+        net, x = segmenter.model, segmenter.preprocess(image).contiguous()
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        channels_last = copy.deepcopy(net).to(memory_format=torch.channels_last)
+        variants = {
+            "plain": (net, x),
+            "channels_last only": (channels_last, x_cl),
+            "BN folded only": (optimize_for_inference(net, channels_last=False), x),
+            "both (torch fast)": (optimize_for_inference(net), x_cl),
+        }
+        times = {name: [] for name in variants}
+        with torch.inference_mode():
+            for _ in range(rounds):
+                for name, (variant, inputs) in variants.items():
+                    variant.inference(inputs)  # warm, as in the paths' processes
+                    start = time.perf_counter()
+                    variant.inference(inputs)
+                    times[name].append(time.perf_counter() - start)
+        plain = np.median(times["plain"])
+        print(f"\n{model}: the torch fast path's parts, forward, {threads} threads, cpu")
+        for name, seconds in times.items():
+            print(
+                f"{name:20s} {np.median(seconds) * 1e3:9.1f} ms {np.median(seconds) / plain:6.2f}x"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["r50", "bundled"])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--fusion", action="store_true", help="what the torch fast path is made of")
     args = parser.parse_args()
-    # The ceiling is measured before and after every model, and the best taken: a slow
-    # moment of the machine must not lower it.
-    ceilings = [fp32_ceiling(args.threads)]
-    results = {}
     for model in args.models:
-        results[model] = measure(model, args.threads, args.rounds)
-        ceilings.append(fp32_ceiling(args.threads))
-    for model, measured in results.items():
-        report(model, measured, args.threads, max(ceilings))
+        report(model, measure(model, args.threads, args.rounds), args.threads)
+    if args.fusion:
+        fusion_report(args.threads, args.rounds)
 
 
 if __name__ == "__main__":
