@@ -1,9 +1,13 @@
-"""What the app's tests share: a random-weights model that counts its runs, and a server."""
+"""What the app's tests share: a random-weights model that counts its runs, the app around one
+segmenter, a server, and a toy-city scene on disk."""
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from emanet import build_model
+from emanet.data.toycity import render_scene
 from emanet.predict import Segmenter
 
 
@@ -45,3 +49,34 @@ def serve(free_port):
     yield launch
     for demo in demos:
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def demo_of(tmp_path_factory):
+    """``demo_of(segmenter) -> demo``: the app with ``segmenter`` behind every model choice,
+    loaded at start."""
+
+    def build(segmenter):
+        # Imported here: the test modules set Gradio's environment before Gradio loads.
+        from emanet.app.ui import build_demo
+
+        return build_demo(
+            segmenter_factory=lambda name: segmenter,
+            examples_dir=tmp_path_factory.mktemp("examples"),
+            preload=True,
+        )
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def scene_file(tmp_path_factory):
+    """``scene_file(seed) -> path``: a 256x512 toy-city scene drawn from ``seed``, as a PNG."""
+
+    def write(seed: int):
+        image, _, _ = render_scene(256, 512, np.random.default_rng(seed))
+        path = tmp_path_factory.mktemp("scene") / "scene.png"
+        Image.fromarray(image).save(path)
+        return path
+
+    return write

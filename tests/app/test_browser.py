@@ -26,7 +26,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from emanet import load_trace  # noqa: E402
 from emanet.app.session import DEFAULTS  # noqa: E402
-from emanet.app.ui import build_demo  # noqa: E402
 from emanet.viz.explorer import parts_map, pixel_responsibilities  # noqa: E402
 from tests.browser import BROWSER_TESTS  # noqa: E402
 
@@ -46,13 +45,8 @@ SHOWN = (614, 1024)  # (H, W) of its parts map: 1024 pixels on the longer side
 
 
 @pytest.fixture(scope="module")
-def server(segmenter, serve, tmp_path_factory):
-    demo = build_demo(
-        segmenter_factory=lambda name: segmenter,
-        examples_dir=tmp_path_factory.mktemp("examples"),
-        preload=True,
-    )
-    return serve(demo)
+def server(segmenter, serve, demo_of):
+    return serve(demo_of(segmenter))
 
 
 @pytest.fixture(scope="module")

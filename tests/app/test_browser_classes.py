@@ -4,15 +4,11 @@ five classes in its palette in the legend, and no Cityscapes class."""
 
 import os
 
-import numpy as np
 import pytest
-from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from emanet.app.ui import build_demo  # noqa: E402
 from emanet.data.cityscapes import CLASSES as CITYSCAPES  # noqa: E402
-from emanet.data.toycity import render_scene  # noqa: E402
 from emanet.io.checkpoint import BUNDLED_CHECKPOINT, read_checkpoint, save_checkpoint  # noqa: E402
 from emanet.predict import Segmenter  # noqa: E402
 from tests.browser import BROWSER_TESTS  # noqa: E402
@@ -49,23 +45,15 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint, serve, tmp_path_factory):
+def server(checkpoint, serve, demo_of):
     segmenter = Segmenter.from_pretrained(checkpoint, device="cpu")
     assert segmenter.classes == tuple(FIVE)
-    demo = build_demo(
-        segmenter_factory=lambda name: segmenter,
-        examples_dir=tmp_path_factory.mktemp("examples"),
-        preload=True,
-    )
-    return serve(demo)
+    return serve(demo_of(segmenter))
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    image, _, _ = render_scene(256, 512, np.random.default_rng(2024))
-    path = tmp_path_factory.mktemp("scene") / "scene.png"
-    Image.fromarray(image).save(path)
-    return path
+def scene(scene_file):
+    return scene_file(2024)
 
 
 def test_the_legend_shows_the_checkpoints_own_classes(browser, server, scene):

@@ -13,7 +13,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from emanet.app.handlers import Explorer  # noqa: E402
 from emanet.app.ui import build_demo  # noqa: E402
-from emanet.data.toycity import render_scene  # noqa: E402
 from emanet.predict import Segmenter  # noqa: E402
 from tests.browser import BROWSER_TESTS  # noqa: E402
 
@@ -34,11 +33,8 @@ def server(serve, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    image, _, _ = render_scene(256, 512, np.random.default_rng(11))
-    path = tmp_path_factory.mktemp("scene") / "scene.png"
-    Image.fromarray(image).save(path)
-    return path
+def scene(scene_file):
+    return scene_file(11)
 
 
 def shown(page, selector: str) -> np.ndarray:

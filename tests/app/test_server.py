@@ -34,12 +34,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def demo(segmenter, tmp_path_factory):
-    return build_demo(
-        segmenter_factory=lambda name: segmenter,
-        examples_dir=tmp_path_factory.mktemp("examples"),
-        preload=True,
-    )
+def demo(segmenter, demo_of):
+    return demo_of(segmenter)
 
 
 @pytest.fixture(scope="module")
