@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from emanet.io.checkpoint import CheckpointError
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m app") -> None:
     except (CheckpointError, UserError) as error:
         sys.exit(f"{prog}: {error}")
     demo = build_demo(explorer=explorer)
+    # SIGTERM (kill, docker stop, systemd) ends the server as Ctrl-C does: Gradio closes it and
+    # the app's temporary image folder is removed at exit instead of staying in the temp dir.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     demo.launch(
         server_name=args.host,
         server_port=args.port,

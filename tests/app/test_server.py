@@ -4,9 +4,14 @@ in test_browser.py; its handlers in-process are tested in test_handlers.py."""
 
 import os
 import re
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -349,3 +354,39 @@ def test_lambda_multiplier_is_a_what_if_on_the_bundled_models_own_lambda(bundled
     assert entropy[4] < entropy[1] < entropy[0.1]
     assert f"what-if: λ = {own * 4:g} = 4× the model's own λ = {own:g}" in runs[4][5]
     assert f"entropy **{entropy[4]:.3f} × ln K**" in runs[4][5]
+
+
+def test_the_command_stops_on_sigterm_and_removes_its_image_folder(tmp_path, free_port):
+    # kill, docker stop and systemd send SIGTERM: the server must end as it does on Ctrl-C.
+    port = free_port()
+    env = {**os.environ, "TMPDIR": str(tmp_path), "GRADIO_ANALYTICS_ENABLED": "False"}
+    command = [sys.executable, "-m", "app", "--port", str(port)]
+    root = Path(__file__).resolve().parents[2]
+    with open(tmp_path / "log.txt", "wb") as log:
+        process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=log)
+    try:
+        _wait_until_served(f"http://127.0.0.1:{port}/", process)
+        assert len(_image_folders(tmp_path)) == 1
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, (tmp_path / "log.txt").read_text()
+    finally:
+        process.kill()
+    assert _image_folders(tmp_path) == []
+
+
+def _image_folders(folder: Path) -> list[Path]:
+    """The app's temporary PNG folders (``emanet-app-examples`` is a cache meant to stay)."""
+    return [p for p in folder.glob("emanet-app-*") if p.name != "emanet-app-examples"]
+
+
+def _wait_until_served(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the app exited before it served"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"the app did not answer on {url} within {timeout_s} s")
