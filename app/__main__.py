@@ -73,13 +73,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m app") -> None:
     # SIGTERM (kill, docker stop, systemd) ends the server as Ctrl-C does: Gradio closes it and
     # the app's temporary image folder is removed at exit instead of staying in the temp dir.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    demo.launch(
-        server_name=args.host,
-        server_port=args.port,
-        share=args.share,
-        max_file_size=args.max_file_size,
-        show_error=True,
-    )
+    try:
+        demo.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            max_file_size=args.max_file_size,
+            show_error=True,
+        )
+    except KeyboardInterrupt:  # during start-up; once serving, Gradio handles it itself
+        demo.close()
 
 
 if __name__ == "__main__":

@@ -356,21 +356,36 @@ def test_lambda_multiplier_is_a_what_if_on_the_bundled_models_own_lambda(bundled
     assert f"entropy **{entropy[4]:.3f} × ln K**" in runs[4][5]
 
 
-def test_the_command_stops_on_sigterm_and_removes_its_image_folder(tmp_path, free_port):
+# "starting": Gradio's check of its own URL, the last step of launch(), held for a minute so
+# that SIGTERM lands inside launch(); "serving": after launch() has handed over to its loop.
+_LAUNCH = {
+    "serving": "from app.__main__ import main; main()",
+    "starting": "import time, gradio.networking as n; check = n.url_ok; "
+    "n.url_ok = lambda url: time.sleep(60) or check(url); "
+    "from app.__main__ import main; main()",
+}
+
+
+@pytest.mark.parametrize("when", ["starting", "serving"])
+def test_the_command_stops_on_sigterm_and_removes_its_image_folder(tmp_path, free_port, when):
     # kill, docker stop and systemd send SIGTERM: the server must end as it does on Ctrl-C.
-    port = free_port()
-    env = {**os.environ, "TMPDIR": str(tmp_path), "GRADIO_ANALYTICS_ENABLED": "False"}
-    command = [sys.executable, "-m", "app", "--port", str(port)]
+    port, log_file = free_port(), tmp_path / "log.txt"
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    env["GRADIO_ANALYTICS_ENABLED"] = "False"
+    command = [sys.executable, "-c", _LAUNCH[when], "--port", str(port)]
     root = Path(__file__).resolve().parents[2]
-    with open(tmp_path / "log.txt", "wb") as log:
+    with open(log_file, "wb") as log:
         process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=log)
     try:
         _wait_until_served(f"http://127.0.0.1:{port}/", process)
+        if when == "serving":  # Gradio prints this after its start-up check
+            _wait_until(lambda: "share=True" in log_file.read_text(), process)
         assert len(_image_folders(tmp_path)) == 1
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0, (tmp_path / "log.txt").read_text()
+        assert process.wait(timeout=30) == 0, log_file.read_text()
     finally:
         process.kill()
+    assert "Traceback" not in log_file.read_text()
     assert _image_folders(tmp_path) == []
 
 
@@ -379,14 +394,20 @@ def _image_folders(folder: Path) -> list[Path]:
     return [p for p in folder.glob("emanet-app-*") if p.name != "emanet-app-examples"]
 
 
-def _wait_until_served(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the app exited before it served"
+def _wait_until_served(url: str, process: subprocess.Popen) -> None:
+    def answers() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
+                return response.status == 200
         except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"the app did not answer on {url} within {timeout_s} s")
+            return False
+
+    _wait_until(answers, process)
+
+
+def _wait_until(condition, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process.poll() is None, "the app exited before it served"
+        assert time.monotonic() < deadline, f"the app was not ready within {timeout_s} s"
+        time.sleep(0.2)
